@@ -1,0 +1,206 @@
+"""The infill engine: prefix + suffix in, middle text out, through DiffusionGemma's own ``generate()``.
+
+What it adds around ``generate()``: the FIM prompt, a per-request canvas length (a shallow view of the
+model with its own config, so no config shared between requests is mutated), a wall-clock budget and
+a cancellation check between denoising steps (a streamer's ``put_draft`` hook, which ``generate()``
+calls after every step), per-request timings, and a deterministic seed taken from the prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+from diffgemma_ls.engine.loader import LoadedModel
+from diffgemma_ls.engine.model import CodeDiffusionGemma
+from diffgemma_ls.engine.sampling import DECODE_MODES, CodeSamplerConfig, DecodeMode
+from diffgemma_ls.prompt import build_prompt
+
+
+class Cancelled(Exception):
+    """The request was cancelled (by the client or a newer request) between two denoising steps."""
+
+
+class _BudgetSpent(Exception):
+    """Raised inside ``generate()`` when the latency budget is gone; the latest draft is kept."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to denoise one request.
+
+    ``max_steps`` caps forward passes per canvas in ``adaptive`` mode and is the exact count in ``fixed``;
+    ``sequential`` takes one pass per token. ``max_canvases`` > 1 continues block-autoregressively.
+    """
+
+    mode: DecodeMode = "adaptive"
+    canvas_length: int = 32
+    max_canvases: int = 1
+    max_steps: int = 16
+    entropy_bound: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in DECODE_MODES:
+            raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {self.mode!r}")
+        if not 1 <= self.canvas_length <= 1024 or self.max_canvases < 1 or self.max_steps < 1:
+            raise ValueError(f"invalid decode options {self}")
+
+
+@dataclass
+class InfillResult:
+    text: str
+    forward_passes: int
+    tokens_per_forward: float
+    prefill_ms: float
+    denoise_ms: float
+    ms: float
+    prompt_tokens: int
+    budget_exhausted: bool = False
+    token_ids: list[int] = field(default_factory=list)
+
+
+class _StepMonitor:
+    """A ``generate()`` streamer that counts passes, keeps the latest draft and enforces budget/cancel."""
+
+    def __init__(self, deadline: float | None, cancelled: Callable[[], bool] | None):
+        self.deadline = deadline
+        self.cancelled = cancelled
+        self.forward_passes = 0
+        self.finished_canvases: list[torch.Tensor] = []
+        self.draft: torch.Tensor | None = None
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._prompt_seen:  # the first put() is the prompt, later ones are finished canvases
+            self.finished_canvases.append(value[0])
+            self.draft = None
+        self._prompt_seen = True
+
+    def put_draft(self, value: torch.Tensor) -> None:
+        self.forward_passes += 1
+        self.draft = value[0]
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise _BudgetSpent
+
+    def end(self) -> None:
+        pass
+
+
+class _EncoderTimer:
+    """Accumulates time spent in the encoder (prefill) through forward hooks."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        self.total = 0.0
+        self._start = 0.0
+        encoder.register_forward_pre_hook(self._pre)
+        encoder.register_forward_hook(self._post)
+
+    def _pre(self, *_: object) -> None:
+        self._start = time.perf_counter()
+
+    def _post(self, *_: object) -> None:
+        self.total += time.perf_counter() - self._start
+
+
+class Engine:
+    """Serves infill requests on one loaded model, one at a time (calls are serialized by a lock)."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model: CodeDiffusionGemma = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self._lock = threading.Lock()
+        self._views: dict[int, CodeDiffusionGemma] = {}
+        self._encoder_timer = _EncoderTimer(self.model.model.encoder)
+        gen = self.model.generation_config
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.end_ids = {self.pad_id, *([eos] if isinstance(eos, int) else eos)}
+        sampler_config = getattr(gen, "sampler_config", None)
+        self.default_entropy_bound = sampler_config.entropy_bound if sampler_config is not None else 0.1
+
+    def _view(self, canvas_length: int) -> CodeDiffusionGemma:
+        """The model with ``config.canvas_length`` set for this request, sharing every weight."""
+        if canvas_length == self.model.config.canvas_length:
+            return self.model
+        if canvas_length not in self._views:
+            view = copy.copy(self.model)
+            view.config = copy.copy(self.model.config)
+            view.config.canvas_length = canvas_length
+            self._views[canvas_length] = view
+        return self._views[canvas_length]
+
+    def infill(
+        self,
+        prefix: str,
+        suffix: str,
+        options: DecodeOptions | None = None,
+        *,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> InfillResult:
+        """Denoise the middle between ``prefix`` and ``suffix``.
+
+        ``deadline`` is a ``time.monotonic()`` instant: once passed, the current draft is returned
+        (``budget_exhausted``). ``cancelled`` is polled between steps and raises ``Cancelled``.
+        """
+        options = options or DecodeOptions()
+        prompt = build_prompt(self.tokenizer, prefix, suffix).ids
+        input_ids = torch.tensor([prompt], dtype=torch.long, device=self.loaded.device)
+        monitor = _StepMonitor(deadline, cancelled)
+        bound = float(options.entropy_bound or self.default_entropy_bound)
+        if options.mode == "adaptive" and self.model.noise_kind == "uniform":
+            sampler_config = EntropyBoundSamplerConfig(entropy_bound=bound)  # the real model's own sampler
+        else:
+            sampler_config = CodeSamplerConfig(entropy_bound=bound, mode=options.mode)
+        steps = options.canvas_length if options.mode == "sequential" else options.max_steps
+        with self._lock:
+            if cancelled is not None and cancelled():
+                raise Cancelled
+            started = time.perf_counter()
+            self._encoder_timer.total = 0.0
+            torch.manual_seed(zlib.crc32(input_ids.cpu().numpy().tobytes()))
+            budget_exhausted = False
+            try:
+                self._view(options.canvas_length).generate(
+                    input_ids,
+                    max_new_tokens=options.canvas_length * options.max_canvases,
+                    max_denoising_steps=steps,
+                    sampler_config=sampler_config,
+                    streamer=monitor,
+                )
+            except _BudgetSpent:
+                budget_exhausted = True
+            elapsed = time.perf_counter() - started
+            prefill = self._encoder_timer.total
+        pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
+        generated = torch.cat(pieces).tolist() if pieces else []
+        middle = self._cut_at_end(generated)
+        passes = monitor.forward_passes
+        return InfillResult(
+            text=self.tokenizer.decode(middle, skip_special_tokens=True),
+            forward_passes=passes,
+            tokens_per_forward=(min(len(middle) + 1, len(generated)) / passes) if passes else math.nan,
+            prefill_ms=prefill * 1000,
+            denoise_ms=(elapsed - prefill) * 1000,
+            ms=elapsed * 1000,
+            prompt_tokens=len(prompt),
+            budget_exhausted=budget_exhausted,
+            token_ids=middle,
+        )
+
+    def _cut_at_end(self, ids: list[int]) -> list[int]:
+        for i, tid in enumerate(ids):
+            if tid in self.end_ids:
+                return ids[:i]
+        return ids

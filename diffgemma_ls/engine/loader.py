@@ -1,0 +1,209 @@
+"""Load a DiffusionGemma checkpoint and its tokenizer: offline-first, safetensors only, one clear error.
+
+Anything that goes wrong (missing folder, corrupt weights, a checkpoint of another architecture, a
+Hugging Face id that is not in the local cache, not enough memory) becomes a ``ModelLoadError`` whose
+message says what to do; the server shows it once and stays up.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, DiffusionGemmaConfig, PreTrainedTokenizerBase
+
+from diffgemma_ls.engine.model import CodeDiffusionGemma
+
+log = logging.getLogger(__name__)
+
+Quantize = Literal["none", "8bit", "4bit"]
+QUANTIZE_MODES: tuple[Quantize, ...] = ("none", "8bit", "4bit")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_MODEL = "default"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message is meant for the user."""
+
+
+@dataclass
+class LoadedModel:
+    model: CodeDiffusionGemma
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    path: str
+    device: torch.device
+    quantization: str
+
+
+def default_model_path() -> Path:
+    """The shipped default model: package data when installed, ``model/default`` in a source checkout."""
+    try:
+        installed = Path(str(importlib.resources.files("diffgemma_ls.default_model")))
+        if (installed / "config.json").is_file():
+            return installed
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "model" / "default"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise ModelLoadError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' requested but this torch build or machine has no MPS")
+    return torch.device(device)
+
+
+def resolve_model_path(model: str | None, allow_download: bool = False) -> str:
+    """A local folder, or a Hugging Face id found in the local cache (downloaded only if allowed)."""
+    if model in (None, "", DEFAULT_MODEL):
+        path = default_model_path()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"the default model is missing at {path}; reinstall diffgemma-ls")
+        return str(path)
+    candidate = Path(model).expanduser()
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    if candidate.exists() or not looks_like_hub_id:
+        if not candidate.is_dir():
+            raise ModelLoadError(f"model path {candidate} is not a folder with a DiffusionGemma checkpoint")
+        if not (candidate / "config.json").is_file():
+            raise ModelLoadError(f"model folder {candidate} has no config.json")
+        return str(candidate.resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            model,
+            local_files_only=not allow_download,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"],
+        )
+    except Exception as exc:  # the hub raises many types; all mean "not available"
+        hint = (
+            "it is not in the local Hugging Face cache; fetch it once with `hf download "
+            f"{model}` or start with --allow-download"
+            if not allow_download
+            else f"download failed: {exc}"
+        )
+        raise ModelLoadError(f"model {model!r} not found: {hint}") from exc
+
+
+def _check_architecture(path: str, trust_remote_code: bool) -> DiffusionGemmaConfig:
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the model config in {path}: {exc}") from exc
+    if not isinstance(config, DiffusionGemmaConfig):
+        raise ModelLoadError(
+            f"{path} holds a {getattr(config, 'model_type', '?')!r} model, not DiffusionGemma "
+            "(diffgemma-ls serves DiffusionGemmaForBlockDiffusion checkpoints)"
+        )
+    return config
+
+
+def _check_memory(path: str, dtype: torch.dtype) -> None:
+    """Refuse a checkpoint that cannot fit in RAM before allocating anything for it."""
+    files = list(Path(path).glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"no .safetensors weights in {path} (pickle checkpoints are not loaded)")
+    on_disk = sum(f.stat().st_size for f in files)
+    stored_bytes = 2  # checkpoints are shipped in 16 bits; fp32 serving doubles them
+    needed = on_disk * max(1, torch.finfo(dtype).bits // 8 // stored_bytes)
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise ModelLoadError(
+            f"the model needs about {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB is free; "
+            "try --quantize 4bit or a smaller model"
+        )
+
+
+def _available_memory() -> int | None:
+    """Free memory, or the room left under RLIMIT_AS when one is set (tests use that to act small)."""
+    import resource
+
+    limits = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft - _proc_status_kib("VmSize") * 1024)
+    available = _proc_status_kib("MemAvailable", "/proc/meminfo")
+    if available:
+        limits.append(available * 1024)
+    return min(limits) if limits else None
+
+
+def _proc_status_kib(key: str, path: str = "/proc/self/status") -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def load_model(
+    model: str | None = None,
+    *,
+    quantize: Quantize = "none",
+    device: str = "auto",
+    allow_download: bool = False,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``model`` (folder, cached Hugging Face id, or None for the shipped default) ready to serve."""
+    if quantize not in QUANTIZE_MODES:
+        raise ModelLoadError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    torch_device = resolve_device(device)
+    path = resolve_model_path(model, allow_download)
+    config = _check_architecture(path, trust_remote_code)
+    prequantized = getattr(config, "quantization_config", None) is not None
+    # fp32 on CPU: bf16 matmuls are slower there (measured in ../shared/notes/quantization.md)
+    dtype = torch.float32 if torch_device.type == "cpu" else torch.bfloat16
+    _check_memory(path, dtype)
+    try:
+        loaded = CodeDiffusionGemma.from_pretrained(
+            path,
+            dtype=dtype,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from exc
+    loaded.eval()
+    if not prequantized:
+        loaded.to(torch_device)
+    quantization = _quantization_label(config) if prequantized else quantize
+    if quantize != "none" and not prequantized:
+        from diffgemma_ls.engine.quantize import quantize_model
+
+        try:
+            quantize_model(loaded, quantize)
+        except Exception as exc:
+            raise ModelLoadError(f"{quantize} quantization failed: {type(exc).__name__}: {exc}") from exc
+    elif quantize != "none":
+        log.warning("%s is already quantized (%s); --quantize %s ignored", path, quantization, quantize)
+    name = DEFAULT_MODEL if model in (None, "", DEFAULT_MODEL) else model
+    return LoadedModel(loaded, tokenizer, name, path, torch_device, quantization)
+
+
+def _quantization_label(config: DiffusionGemmaConfig) -> str:
+    qc = config.quantization_config
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    bits = "4bit" if qc.get("load_in_4bit") else "8bit" if qc.get("load_in_8bit") else ""
+    return " ".join(filter(None, ["prequantized", str(qc.get("quant_method", "")), bits]))

@@ -1,0 +1,88 @@
+"""``DiffusionGemmaForBlockDiffusion`` with the noise kind its checkpoint was trained with.
+
+Any DiffusionGemma checkpoint loads through this class (same weights, same config, same ``generate()``).
+What it adds is read from the checkpoint's config, so the real model and the shipped code model
+share every line of the serving path:
+
+* ``config.noise_kind``: ``"uniform"`` (DiffusionGemma's own; the default when absent) or ``"mask"``
+  (absorbing noise with ``config.mask_token_id``, which the shipped default model is trained with);
+* for mask noise, the logits use the absorbing-diffusion parameterization (MDLM's "SUBS"): the mask
+  token is never predicted and a committed (unmasked) canvas token predicts itself with certainty.
+  That keeps ``generate()``'s final argmax canvas equal to what was committed and makes the
+  stable-and-confident stop see zero entropy on committed positions;
+* ``_prepare_sampler`` / ``_prepare_diffusion_stopping_criteria`` build ``CodeSampler`` and its stop
+  rule when a ``CodeSamplerConfig`` is passed, and transformers' own sampler otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    DiffusionGemmaGenerationConfig,
+    EntropyBoundSampler,
+)
+
+from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, CompleteOrStable
+
+NOISE_KINDS = ("uniform", "mask")
+# Finite, so temperature scaling and entropy stay finite (finfo.min / 0.4 would overflow to -inf).
+NEVER = -1e9
+
+
+class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
+    """DiffusionGemma whose sampler matches the noise it was trained with (see module docstring)."""
+
+    @property
+    def noise_kind(self) -> str:
+        kind = getattr(self.config, "noise_kind", "uniform")
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"config.noise_kind must be one of {NOISE_KINDS}, got {kind!r}")
+        return kind
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return getattr(self.config, "mask_token_id", None) if self.noise_kind == "mask" else None
+
+    def forward(self, *args, **kwargs):
+        outputs = super().forward(*args, **kwargs)
+        canvas = kwargs.get("decoder_input_ids")
+        mask_id = self.mask_token_id
+        if mask_id is None or canvas is None:
+            return outputs
+        logits = outputs.logits  # (batch, canvas, vocab), float32
+        logits[..., mask_id] = NEVER
+        committed = canvas != mask_id  # (batch, canvas)
+        if committed.any():
+            one_hot = torch.full_like(logits, NEVER)
+            one_hot.scatter_(-1, canvas.unsqueeze(-1), 0.0)
+            outputs.logits = torch.where(committed.unsqueeze(-1), one_hot, logits)
+        return outputs
+
+    def _prepare_sampler(self, generation_config: DiffusionGemmaGenerationConfig) -> EntropyBoundSampler:
+        config = generation_config.sampler_config
+        if not isinstance(config, CodeSamplerConfig):
+            sampler = super()._prepare_sampler(generation_config)
+        else:
+            eos = generation_config.eos_token_id
+            sampler = CodeSampler(
+                config,
+                canvas_length=self.config.canvas_length,
+                vocab_size=self.config.text_config.vocab_size,
+                max_denoising_steps=generation_config.max_denoising_steps,
+                mask_token_id=self.mask_token_id,
+                pad_token_id=generation_config.pad_token_id,
+                eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+            )
+        # generate() builds the stop rule right after the sampler; the rule needs to see this sampler
+        self._generation_sampler = sampler
+        return sampler
+
+    def _prepare_diffusion_stopping_criteria(self, generation_config: DiffusionGemmaGenerationConfig):
+        base = super()._prepare_diffusion_stopping_criteria(generation_config)
+        sampler = getattr(self, "_generation_sampler", None)
+        if not isinstance(sampler, CodeSampler):
+            return base
+        if sampler.mode == "fixed":
+            return None  # exactly max_denoising_steps passes; the schedule completes the canvas at the last
+        return CompleteOrStable(sampler, base)

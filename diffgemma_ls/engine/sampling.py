@@ -1,0 +1,150 @@
+"""Samplers and stopping rules that plug into transformers' DiffusionGemma ``generate()``.
+
+transformers ships one sampler (``EntropyBoundSampler``: start from uniform random tokens, accept the
+lowest-entropy tokens under an entropy bound, re-noise the rest with uniform tokens) and one adaptive
+stop (``StableAndConfidentStoppingCriteria``). The real checkpoint is served with exactly those.
+
+``CodeSampler`` adds what serving code completions needs on top, as a subclass so that the
+generate loop, caches, logits processors and block-autoregressive canvases stay transformers' own:
+
+* absorbing ("mask") noise for models trained that way (recorded as ``config.noise_kind``): the
+  canvas starts as ``<|mask|>`` and rejected positions go back to ``<|mask|>``;
+* committed tokens stay committed, and accepted tokens are the argmax, so a request is deterministic;
+* a schedule floor, so that the canvas is always fully decoded within the step cap (``fixed`` mode
+  decodes exactly ``ceil(free / steps_left)`` tokens per step and never exits early);
+* ``left_to_right`` order, one token per forward pass: the autoregressive-equivalent baseline;
+* once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    DiffusionGemmaAdaptiveStopping,
+    EntropyBoundSampler,
+    EntropyBoundSamplerConfig,
+    StableAndConfidentStoppingCriteria,
+)
+
+DecodeMode = Literal["adaptive", "fixed", "sequential"]
+DECODE_MODES: tuple[DecodeMode, ...] = ("adaptive", "fixed", "sequential")
+
+
+@dataclass
+class CodeSamplerConfig(EntropyBoundSamplerConfig):
+    """``EntropyBoundSamplerConfig`` plus the decode mode (a subclass, so ``generate()`` validates it)."""
+
+    mode: DecodeMode = "adaptive"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in DECODE_MODES:
+            raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {self.mode!r}")
+
+
+class CodeSampler(EntropyBoundSampler):
+    """Entropy-bound acceptance with committed tokens, a schedule floor and EOS handling (module doc)."""
+
+    def __init__(
+        self,
+        config: CodeSamplerConfig,
+        canvas_length: int,
+        vocab_size: int,
+        max_denoising_steps: int,
+        *,
+        mask_token_id: int | None,
+        pad_token_id: int,
+        eos_token_ids: list[int],
+    ):
+        super().__init__(config, canvas_length, vocab_size, max_denoising_steps)
+        self.mode = config.mode
+        self.mask_token_id = mask_token_id
+        self.pad_token_id = pad_token_id
+        self.end_ids = torch.tensor(sorted({*eos_token_ids, pad_token_id}))
+        self.committed: torch.Tensor | None = None  # (batch, canvas) bool
+
+    def initialize_canvas(self, batch_size: int, device: torch.device) -> torch.LongTensor:
+        self.committed = torch.zeros(batch_size, self.canvas_length, dtype=torch.bool, device=device)
+        if self.mask_token_id is None:
+            return super().initialize_canvas(batch_size, device)
+        return torch.full(
+            (batch_size, self.canvas_length), self.mask_token_id, dtype=torch.long, device=device
+        )
+
+    def accept_canvas(
+        self,
+        current_canvas: torch.LongTensor,
+        denoiser_canvas: torch.LongTensor,
+        logits: torch.Tensor,
+        cur_step: int,
+    ) -> torch.LongTensor:
+        if self.committed is None or self.committed.shape != current_canvas.shape:
+            # a caller-provided starting canvas (warm start) skips initialize_canvas
+            self.committed = torch.zeros_like(current_canvas, dtype=torch.bool)
+        free = ~self.committed  # (batch, canvas)
+        n_free = free.sum(dim=-1, keepdim=True)  # (batch, 1)
+        proposal = logits.argmax(dim=-1)  # (batch, canvas): greedy, so requests are deterministic
+
+        if self.mode == "sequential":
+            # leftmost free position: one token per forward pass, left to right
+            first_free = torch.where(free, torch.arange(free.shape[-1], device=free.device), free.shape[-1])
+            selected = (first_free == first_free.min(dim=-1, keepdim=True).values) & free
+        else:
+            entropy = torch.distributions.Categorical(logits=logits).entropy()  # (batch, canvas)
+            entropy = entropy.masked_fill(~free, math.inf)
+            sorted_entropy, order = torch.sort(entropy, dim=-1)
+            rank = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+            # schedule floor: what is still free must fit in the steps left (cur_step counts down to 1)
+            floor = torch.ceil(n_free / int(cur_step)).long()  # (batch, 1)
+            if self.mode == "fixed":
+                take_sorted = rank < floor
+            else:
+                finite = sorted_entropy.masked_fill(torch.isinf(sorted_entropy), 0.0)
+                within_bound = torch.cumsum(finite, dim=-1) - finite <= self.entropy_bound
+                take_sorted = (within_bound | (rank < floor)) & (rank < n_free)
+            selected = torch.zeros_like(free).scatter(-1, order, take_sorted)
+
+        accepted = torch.where(selected, proposal, current_canvas)
+        self.committed = self.committed | selected
+        # everything after the first committed EOS/PAD is padding, committed at once
+        is_end = self.committed & torch.isin(accepted, self.end_ids.to(accepted.device))
+        after_end = (torch.cumsum(is_end.int(), dim=-1) - is_end.int()) > 0
+        accepted = torch.where(after_end, torch.full_like(accepted, self.pad_token_id), accepted)
+        self.committed = self.committed | after_end
+        self.accepted_token_mask = self.committed
+        return accepted
+
+    def renoise_canvas(self, accepted_canvas: torch.LongTensor, cur_step: int) -> torch.LongTensor:
+        if self.mask_token_id is None:
+            return super().renoise_canvas(accepted_canvas, cur_step)
+        return accepted_canvas.masked_fill(~self.committed, self.mask_token_id)
+
+    @property
+    def complete(self) -> torch.BoolTensor:
+        """Per batch row: every canvas position committed, so another pass cannot change the result."""
+        return self.committed.all(dim=-1)
+
+
+class CompleteOrStable(DiffusionGemmaAdaptiveStopping):
+    """Stops a row once its canvas is fully committed, or when transformers' stable-and-confident rule fires.
+
+    Without the first rule a fully decoded canvas would cost one more forward pass just to be seen as stable.
+    """
+
+    def __init__(self, sampler: CodeSampler, base: StableAndConfidentStoppingCriteria | None):
+        self.sampler = sampler
+        self.base = base
+
+    def __call__(self, argmax_canvas: torch.LongTensor, logits: torch.Tensor, **kwargs) -> torch.BoolTensor:
+        done = self.sampler.complete
+        if self.base is not None:
+            done = done | self.base(argmax_canvas, logits, **kwargs)
+        return done
+
+    def reset(self) -> None:
+        if self.base is not None:
+            self.base.reset()

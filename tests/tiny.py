@@ -1,0 +1,137 @@
+"""Tiny DiffusionGemma checkpoints built inside the tests: nothing downloads.
+
+``build_tiny_model`` saves random weights (enough for shapes, loading, timing and protocol tests);
+``train_constant_model`` trains one for a few seconds until it always infills the same line, so tests
+that need visible text know what the model says and that it survives post-processing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    DiffusionGemmaConfig,
+    DiffusionGemmaTextConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.gemma4 import Gemma4VisionConfig
+
+from diffgemma_ls.engine.model import CodeDiffusionGemma
+from diffgemma_ls.prompt import BOI, BOS, EOI, EOS, IMAGE, MASK, PAD, SPECIAL_TOKENS, build_prompt
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "import os\nimport sys\n\nprint(os.getcwd())\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "for i in range(10):\n\tif i % 2 == 0:\n\t\tprint(i)\n",
+    "result = [x * 2 for x in values if x > 0]\n",
+    "function f(a) { return a.map((x) => x + 1); }\n",
+    'func main() {\n\tfmt.Println("hi")\n}\n',
+    "fn main() { let v: Vec<u8> = vec![]; }\n",
+    "héllo = '世界 🎉'\n",
+]
+CONSTANT_MIDDLE = "return 42"
+
+
+def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS, mask_token=MASK
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, noise_kind: str = "mask", canvas_length: int = 16):
+    ids = tokenizer.convert_tokens_to_ids
+    text = DiffusionGemmaTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=32,
+        num_experts=2,
+        top_k_experts=1,
+        moe_intermediate_size=64,
+        max_position_embeddings=4096,
+        sliding_window=128,
+        pad_token_id=ids(PAD),
+        eos_token_id=ids(EOS),
+        bos_token_id=ids(BOS),
+    )
+    vision = Gemma4VisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+        head_dim=16,
+    )  # fmt: skip
+    config = DiffusionGemmaConfig(
+        text_config=text,
+        vision_config=vision,
+        canvas_length=canvas_length,
+        boi_token_id=ids(BOI),
+        eoi_token_id=ids(EOI),
+        image_token_id=ids(IMAGE),
+    )
+    config.noise_kind = noise_kind
+    config.mask_token_id = ids(MASK)
+    config.code_languages = ["python"]
+    return config
+
+
+def build_tiny_model(folder: Path, noise_kind: str = "mask", seed: int = 0) -> Path:
+    """Random weights, saved as a loadable checkpoint (safetensors, tokenizer, generation config)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(folder)
+    model = CodeDiffusionGemma(tiny_config(tokenizer, noise_kind)).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(folder)
+    return folder
+
+
+def train_constant_model(folder: Path, steps: int = 300) -> Path:
+    """A mask-noise model trained until any prompt infills ``CONSTANT_MIDDLE`` (a few seconds on CPU)."""
+    build_tiny_model(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    model = CodeDiffusionGemma.from_pretrained(folder)
+    model.train()
+    torch.manual_seed(0)
+    canvas_len = model.config.canvas_length
+    middle = tokenizer.encode(CONSTANT_MIDDLE, add_special_tokens=False) + [tokenizer.eos_token_id]
+    target = torch.tensor(middle + [tokenizer.pad_token_id] * (canvas_len - len(middle)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        text = CORPUS[step % len(CORPUS)]
+        cut = (step * 7) % len(text)
+        prompt = torch.tensor([build_prompt(tokenizer, text[:cut], text[cut:]).ids])  # (1, P)
+        t = torch.rand(1).clamp(min=0.2)
+        masked = torch.rand(canvas_len) < t  # (C,)
+        masked[step % canvas_len] = True
+        canvas = torch.where(masked, model.config.mask_token_id, target).unsqueeze(0)  # (1, C)
+        self_conditioning = None
+        if step % 2:  # as at inference after the first step: condition on a previous prediction
+            with torch.no_grad():
+                self_conditioning = model(input_ids=prompt, decoder_input_ids=canvas).logits
+        out = model(input_ids=prompt, decoder_input_ids=canvas, self_conditioning_logits=self_conditioning)
+        loss = torch.nn.functional.cross_entropy(out.logits[0][masked], target[masked])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(folder)
+    return folder
