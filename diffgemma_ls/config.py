@@ -53,6 +53,14 @@ CLIENT_KEYS = {
 }
 
 
+_BOUNDS = {
+    "canvas_length": (4, 1024),
+    "max_steps": (1, 1024),
+    "latency_budget_ms": (10, 600_000),
+    "threads": (0, 512),
+}
+
+
 def _validate(name: str, value: Any) -> Any:
     """Return the value in its settings type, or raise ValueError with a message for the user."""
     if name == "model":

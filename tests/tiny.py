@@ -74,9 +74,13 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, noise_kind: str = "mask", ca
         bos_token_id=ids(BOS),
     )
     vision = Gemma4VisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
         head_dim=16,
-    )  # fmt: skip
+    )
     config = DiffusionGemmaConfig(
         text_config=text,
         vision_config=vision,
@@ -112,7 +116,7 @@ def train_constant_model(folder: Path, steps: int = 300) -> Path:
     model.train()
     torch.manual_seed(0)
     canvas_len = model.config.canvas_length
-    middle = tokenizer.encode(CONSTANT_MIDDLE, add_special_tokens=False) + [tokenizer.eos_token_id]
+    middle = [*tokenizer.encode(CONSTANT_MIDDLE, add_special_tokens=False), tokenizer.eos_token_id]
     target = torch.tensor(middle + [tokenizer.pad_token_id] * (canvas_len - len(middle)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(steps):
