@@ -1,8 +1,9 @@
 """Tiny DiffusionGemma checkpoints built inside the tests: nothing downloads.
 
 ``build_tiny_model`` saves random weights (enough for shapes, loading, timing and protocol tests);
-``train_constant_model`` trains one for a few seconds until it always infills the same line, so tests
-that need visible text know what the model says and that it survives post-processing.
+``train_constant_model`` trains one for a few seconds until it fills every canvas position with
+``CONSTANT_TOKEN``, so tests that need visible text know what the model says (a run of ``x``) and
+that it survives post-processing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ CORPUS = [
     "fn main() { let v: Vec<u8> = vec![]; }\n",
     "héllo = '世界 🎉'\n",
 ]
-CONSTANT_MIDDLE = "return 42"
+# Fills every canvas position: learnable in seconds (position-independent), and visibly not noise.
+CONSTANT_TOKEN = "x"
 
 
 def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
@@ -108,16 +110,15 @@ def build_tiny_model(folder: Path, noise_kind: str = "mask", seed: int = 0) -> P
     return folder
 
 
-def train_constant_model(folder: Path, steps: int = 300) -> Path:
-    """A mask-noise model trained until any prompt infills ``CONSTANT_MIDDLE`` (a few seconds on CPU)."""
+def train_constant_model(folder: Path, steps: int = 60) -> Path:
+    """A mask-noise model trained until any prompt infills ``CONSTANT_TOKEN``s (seconds on CPU)."""
     build_tiny_model(folder)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     model = CodeDiffusionGemma.from_pretrained(folder)
     model.train()
     torch.manual_seed(0)
     canvas_len = model.config.canvas_length
-    middle = [*tokenizer.encode(CONSTANT_MIDDLE, add_special_tokens=False), tokenizer.eos_token_id]
-    target = torch.tensor(middle + [tokenizer.pad_token_id] * (canvas_len - len(middle)))
+    target = torch.full((canvas_len,), tokenizer.convert_tokens_to_ids(CONSTANT_TOKEN))  # (C,)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(steps):
         text = CORPUS[step % len(CORPUS)]
