@@ -85,4 +85,6 @@ class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
             return base
         if sampler.mode == "fixed":
             return None  # exactly max_denoising_steps passes; the schedule completes the canvas at the last
+        if sampler.mode == "sequential":
+            return CompleteOrStable(sampler, None)  # the baseline stops at EOS only, like autoregression
         return CompleteOrStable(sampler, base)

@@ -1,0 +1,144 @@
+"""The engine on real forward passes of tiny DiffusionGemma checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffgemma_ls.engine.infill import Cancelled, DecodeOptions, Engine
+from diffgemma_ls.engine.loader import ModelLoadError, load_model
+from tests import tiny
+
+PREFIX = "def add(a, b):\n    "
+SUFFIX = "\n\nprint(add(1, 2))\n"
+
+
+@pytest.fixture(scope="module")
+def engine(random_model_dir: Path) -> Engine:
+    return Engine(load_model(str(random_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def constant_engine(constant_model_dir: Path) -> Engine:
+    return Engine(load_model(str(constant_model_dir), device="cpu"))
+
+
+def test_constant_model_fills_the_canvas_with_its_token(constant_engine: Engine) -> None:
+    result = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=8))
+    assert result.text == tiny.CONSTANT_TOKEN * 16
+    assert 1 <= result.forward_passes <= 8
+    assert result.tokens_per_forward == pytest.approx(16 / result.forward_passes)
+    assert result.prefill_ms > 0 and result.denoise_ms > 0
+    assert result.prompt_tokens > 5
+
+
+def test_block_autoregressive_canvases_continue(constant_engine: Engine) -> None:
+    result = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=8, max_canvases=3))
+    assert result.text == tiny.CONSTANT_TOKEN * 24
+
+
+def test_fixed_mode_takes_exactly_the_steps(engine: Engine) -> None:
+    for steps in (1, 3, 5):
+        result = engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="fixed", canvas_length=16, max_steps=steps))
+        assert result.forward_passes == steps
+
+
+def test_sequential_mode_commits_one_token_per_pass(constant_engine: Engine) -> None:
+    result = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="sequential", canvas_length=8))
+    assert result.forward_passes == 8
+    assert result.text == tiny.CONSTANT_TOKEN * 8
+
+
+def test_adaptive_decodes_in_fewer_passes_than_sequential(constant_engine: Engine) -> None:
+    adaptive = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=16))
+    sequential = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="sequential", canvas_length=16))
+    assert adaptive.text == sequential.text
+    assert adaptive.forward_passes < sequential.forward_passes
+
+
+@pytest.mark.parametrize("model_fixture", ["random_model_dir", "uniform_model_dir"])
+def test_same_request_same_completion(model_fixture: str, request: pytest.FixtureRequest) -> None:
+    engine = Engine(load_model(str(request.getfixturevalue(model_fixture)), device="cpu"))
+    first = engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=4))
+    engine.infill("other", "request", DecodeOptions(canvas_length=16, max_steps=4))
+    again = engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=4))
+    assert first.token_ids == again.token_ids
+
+
+def test_canvas_length_per_request_leaves_the_model_config_alone(engine: Engine) -> None:
+    before = engine.model.config.canvas_length
+    result = engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="sequential", canvas_length=before + 8))
+    assert engine.model.config.canvas_length == before
+    assert result.forward_passes <= before + 8
+
+
+def test_cancellation_stops_between_steps(engine: Engine) -> None:
+    polls = []
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) > 2  # the check before starting, then after each pass
+
+    with pytest.raises(Cancelled):
+        engine.infill(
+            PREFIX, SUFFIX, DecodeOptions(mode="fixed", canvas_length=16, max_steps=10), cancelled=cancelled
+        )
+    assert len(polls) == 3
+
+
+def test_spent_budget_returns_the_current_draft(constant_engine: Engine) -> None:
+    result = constant_engine.infill(
+        PREFIX, SUFFIX, DecodeOptions(mode="sequential", canvas_length=16), deadline=time.monotonic()
+    )
+    assert result.budget_exhausted
+    assert result.forward_passes == 1
+    assert result.text == tiny.CONSTANT_TOKEN * 16  # the whole draft, though one token was committed
+
+
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_quantized_model_loads_and_completes(random_model_dir: Path, mode: str) -> None:
+    engine = Engine(load_model(str(random_model_dir), device="cpu", quantize=mode))
+    assert engine.loaded.quantization == mode
+    result = engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=4))
+    assert 1 <= result.forward_passes <= 4
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a folder"):
+        load_model(str(tmp_path / "nope"), device="cpu")
+
+
+def test_uncached_hub_id_is_not_downloaded() -> None:
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        load_model("google/diffusiongemma-26B-A4B-it", device="cpu")
+
+
+def test_corrupt_weights_are_a_clear_error(random_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(random_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="cannot load the model"):
+        load_model(str(broken), device="cpu")
+
+
+def test_wrong_architecture_is_a_clear_error(random_model_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "gpt2"
+    shutil.copytree(random_model_dir, other)
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+    with pytest.raises(ModelLoadError, match="'gpt2' model, not DiffusionGemma"):
+        load_model(str(other), device="cpu")
+
+
+def test_pickle_only_checkpoint_is_refused(random_model_dir: Path, tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled"
+    shutil.copytree(random_model_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"no \.safetensors"):
+        load_model(str(pickled), device="cpu")
