@@ -28,7 +28,19 @@ EOI = "<|eoi|>"
 IMAGE = "<|image|>"
 
 # Order fixes the ids of the shipped tokenizer: pad=0, eos=1, bos=2 as in DiffusionGemmaTextConfig.
-SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, BOS, MASK, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FILE_SEP, BOI, EOI, IMAGE)
+SPECIAL_TOKENS: tuple[str, ...] = (
+    PAD,
+    EOS,
+    BOS,
+    MASK,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    FIM_MIDDLE,
+    FILE_SEP,
+    BOI,
+    EOI,
+    IMAGE,
+)
 
 _PLAIN_MARKERS = {FIM_SUFFIX: "<SUFFIX>\n", FIM_PREFIX: "\n<PREFIX>\n", FIM_MIDDLE: "\n<MIDDLE>\n"}
 

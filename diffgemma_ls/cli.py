@@ -1,0 +1,297 @@
+"""Command line: ``diffgemma-ls [--stdio|--tcp]`` serves LSP; ``infill`` and ``info`` are tools.
+
+Exit codes (other tools depend on them): 0 success (an empty completion included), 1 the model cannot
+load, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from diffgemma_ls import __version__
+from diffgemma_ls.config import Settings, default_threads, settings_from_cli
+from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
+
+EXIT_OK, EXIT_MODEL, EXIT_USAGE = 0, 1, 2
+LANGUAGE_BY_EXTENSION = {
+    ".py": "python",
+    ".pyi": "python",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascriptreact",
+    ".ts": "typescript",
+    ".tsx": "typescriptreact",
+    ".go": "go",
+    ".rs": "rust",
+}
+
+
+def _model_flags() -> argparse.ArgumentParser:
+    """Flags every command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("model")
+    group.add_argument("--model", help="model folder or Hugging Face id (default: the shipped code model)")
+    group.add_argument("--quantize", choices=QUANTIZE_MODES, help="weight quantization (default: none)")
+    group.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
+    group.add_argument(
+        "--threads", type=int, help=f"CPU threads for the model (default: {default_threads()})"
+    )
+    group.add_argument(
+        "--allow-download", action="store_true", default=None, help="let a Hugging Face id download (off)"
+    )
+    group.add_argument(
+        "--trust-remote-code", action="store_true", default=None, help="run a checkpoint's own code (off)"
+    )
+    group.add_argument("--log-file", help="write the log here instead of stderr")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    return common
+
+
+def _decode_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--decode", choices=("adaptive", "fixed", "sequential"), default="adaptive", help="decoding mode"
+    )
+    parser.add_argument("--steps", type=int, help="cap on forward passes per canvas (exact for fixed)")
+    parser.add_argument("--entropy-bound", type=float, help="entropy bound for adaptive acceptance")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _model_flags()
+    parser = argparse.ArgumentParser(
+        prog="diffgemma-ls",
+        description="Inline code completion and infilling from a local DiffusionGemma model (LSP server).",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"diffgemma-ls {__version__}")
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="serve LSP over stdin/stdout (default)")
+    transport.add_argument("--tcp", metavar="[HOST:]PORT", help="serve LSP over TCP (host: 127.0.0.1)")
+    sub = parser.add_subparsers(dest="command")
+
+    infill = sub.add_parser(
+        "infill", parents=[common], help="complete at a position in a file, or JSONL tasks"
+    )
+    infill.add_argument("file", nargs="?", type=Path, help="source file")
+    infill.add_argument("--line", type=int, help="1-based line")
+    infill.add_argument("--col", type=int, help="1-based column, in characters")
+    infill.add_argument("--jsonl", action="store_true", help="read tasks from stdin, one JSON object a line")
+    infill.add_argument("--mode", choices=("auto", "line", "block"), default="auto", help="completion size")
+    infill.add_argument("--language", help="language id (default: from the file extension)")
+    _decode_flags(infill)
+
+    info = sub.add_parser("info", parents=[common], help="what would be served: model, device, quantization")
+    info.add_argument("--json", action="store_true", help="one JSON object")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    if args.command is None:
+        level = min(level, logging.INFO)  # the server log is for reading when something is wrong
+    handler: logging.Handler = (
+        logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    )
+    logging.basicConfig(
+        level=level, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.verbose < 2:
+        for noisy in ("transformers", "pygls", "urllib3", "filelock", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return settings_from_cli(
+        model=args.model,
+        quantize=args.quantize,
+        device=args.device,
+        threads=args.threads,
+        allow_download=args.allow_download,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def parse_tcp(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--tcp takes [HOST:]PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from diffgemma_ls.server import create_server
+
+    server = create_server(_settings(args))
+    if args.tcp:
+        try:
+            host, port = parse_tcp(args.tcp)
+        except ValueError as exc:
+            print(f"diffgemma-ls: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            logging.getLogger(__name__).warning(
+                "listening on %s: anyone who can reach this address can read what you send the server", host
+            )
+        server.start_tcp(host, port)
+    else:
+        server.start_io()
+    return EXIT_OK
+
+
+def _load_engine(args: argparse.Namespace):
+    """The engine for a one-shot command, or None after printing why the model cannot load."""
+    import torch
+
+    from diffgemma_ls.engine.infill import Engine
+    from diffgemma_ls.engine.loader import ModelLoadError, load_model
+
+    settings = _settings(args)
+    torch.set_num_threads(settings.threads or default_threads())
+    try:
+        loaded = load_model(
+            settings.model,
+            quantize=settings.quantize,
+            device=settings.device,
+            allow_download=settings.allow_download,
+            trust_remote_code=settings.trust_remote_code,
+        )
+    except ModelLoadError as exc:
+        print(f"diffgemma-ls: {exc}", file=sys.stderr)
+        return None
+    return Engine(loaded)
+
+
+def _decode_settings(args: argparse.Namespace) -> dict:
+    return {"decode": args.decode, "steps": args.steps, "entropy_bound": args.entropy_bound}
+
+
+def infill(args: argparse.Namespace) -> int:
+    from diffgemma_ls.completion import complete_text
+
+    if args.jsonl == (args.file is not None):
+        print("diffgemma-ls infill: give FILE --line L --col C, or --jsonl", file=sys.stderr)
+        return EXIT_USAGE
+    if args.file is not None:
+        if args.line is None or args.col is None or args.line < 1 or args.col < 1:
+            print("diffgemma-ls infill: --line and --col (1-based) are required with FILE", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            print(f"diffgemma-ls infill: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        offset = _offset_of(text, args.line, args.col)
+        if offset is None:
+            print(
+                f"diffgemma-ls infill: line {args.line}, column {args.col} is outside the file",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        language = args.language or LANGUAGE_BY_EXTENSION.get(args.file.suffix.lower(), "python")
+    engine = _load_engine(args)
+    if engine is None:
+        return EXIT_MODEL
+    settings = _settings(args)
+    if args.file is not None:
+        outcome = complete_text(
+            engine, text[:offset], text[offset:], language, args.mode, settings, **_decode_settings(args)
+        )
+        sys.stdout.write(outcome.completion.text if outcome.completion else "")
+        sys.stdout.flush()
+        return EXIT_OK
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        print(json.dumps(_jsonl_task(engine, line, settings, args)), flush=True)
+    return EXIT_OK
+
+
+def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace) -> dict:
+    from diffgemma_ls.completion import complete_text
+
+    try:
+        task = json.loads(line)
+        if not isinstance(task, dict):
+            raise ValueError("each line must be a JSON object")
+        prefix, suffix = task.get("prefix"), task.get("suffix")
+        language, mode = task.get("language", "python"), task.get("mode", "auto")
+        if not isinstance(prefix, str) or not isinstance(suffix, str):
+            raise ValueError('"prefix" and "suffix" must be strings')
+        if not isinstance(language, str) or mode not in ("auto", "line", "block"):
+            raise ValueError('"language" must be a string and "mode" one of auto, line, block')
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        return {"error": str(exc)}
+    started = time.perf_counter()
+    outcome = complete_text(engine, prefix, suffix, language, mode, settings, **_decode_settings(args))
+    result = outcome.result
+    return {
+        "completion": outcome.completion.text if outcome.completion else "",
+        "forward_passes": result.forward_passes if result else 0,
+        "tokens_per_forward": round(result.tokens_per_forward, 3)
+        if result and result.forward_passes
+        else 0.0,
+        "ms": round((time.perf_counter() - started) * 1000, 2),
+        "prefill_ms": round(result.prefill_ms, 2) if result else 0.0,
+        "denoise_ms": round(result.denoise_ms, 2) if result else 0.0,
+    }
+
+
+def _offset_of(text: str, line: int, col: int) -> int | None:
+    """Offset of a 1-based line and 1-based character column; the column may be one past the end."""
+    lines = text.splitlines(keepends=True) or [""]
+    if line > len(lines) + (1 if text.endswith(("\n", "\r")) else 0):
+        return None
+    start = sum(len(x) for x in lines[: line - 1])
+    content = lines[line - 1].rstrip("\r\n") if line <= len(lines) else ""
+    if col > len(content) + 1:
+        return None
+    return start + col - 1
+
+
+def info(args: argparse.Namespace) -> int:
+    from diffgemma_ls.engine.quantize import describe_model
+
+    engine = _load_engine(args)
+    if engine is None:
+        return EXIT_MODEL
+    loaded, report = engine.loaded, describe_model(engine.model)
+    config = loaded.model.config
+    data = {
+        "model": loaded.name,
+        "path": loaded.path,
+        "device": str(loaded.device),
+        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "quantization": loaded.quantization,
+        "noise_kind": loaded.model.noise_kind,
+        "sampler": "CodeSampler" if loaded.model.noise_kind == "mask" else "EntropyBoundSampler",
+        "canvas_length": config.canvas_length,
+        "languages": list(getattr(config, "code_languages", None) or []),
+        **report.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(data))
+    else:
+        width = max(len(k) for k in data)
+        for key, value in data.items():
+            print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    if args.command == "infill":
+        return infill(args)
+    if args.command == "info":
+        return info(args)
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""One completion, start to end: context (tree-sitter) → engine (denoising) → post-processing.
+
+Shared by the server, ``diffgemma-ls infill`` and the bench, so all three measure the same thing.
+``plan`` runs on the caller's thread (cheap, pure); ``run`` runs on the model thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from diffgemma_ls.config import Settings
+from diffgemma_ls.context import InfillContext, extract_context
+from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult
+from diffgemma_ls.postprocess import Completion, postprocess
+
+# Block completions continue over several canvases (block-autoregressive), as generate() does.
+BLOCK_CANVASES = 3
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    context: InfillContext
+    options: DecodeOptions
+    context_ms: float
+
+
+@dataclass
+class Outcome:
+    completion: Completion | None
+    result: InfillResult | None
+    context_ms: float
+    postprocess_ms: float = 0.0
+
+    def timing_line(self) -> str:
+        """Per-request timing for the log, in the spirit of llm-ls."""
+        r = self.result
+        if r is None:
+            return f"context {self.context_ms:.1f} ms, no model call"
+        return (
+            f"context {self.context_ms:.1f} ms, prefill {r.prefill_ms:.1f} ms ({r.prompt_tokens} tokens), "
+            f"denoise {r.denoise_ms:.1f} ms ({r.forward_passes} passes, {r.tokens_per_forward:.1f} tok/pass"
+            f"{', budget spent' if r.budget_exhausted else ''}), postprocess {self.postprocess_ms:.1f} ms, "
+            f"{len(self.completion.text) if self.completion else 0} chars"
+        )
+
+
+def decode_options(
+    mode: str,
+    settings: Settings,
+    decode: str = "adaptive",
+    steps: int | None = None,
+    entropy_bound: float | None = None,
+) -> DecodeOptions:
+    """One canvas for a line; several block-autoregressive canvases for a block."""
+    return DecodeOptions(
+        mode=decode,
+        canvas_length=settings.canvas_length,
+        max_canvases=BLOCK_CANVASES if mode == "block" else 1,
+        max_steps=steps or settings.max_steps,
+        entropy_bound=entropy_bound,
+    )
+
+
+def plan(
+    text: str,
+    offset: int,
+    language_id: str,
+    settings: Settings,
+    engine: Engine,
+    *,
+    invoked: bool = False,
+    mode: str = "auto",
+    uri: str = "",
+    decode: str = "adaptive",
+    steps: int | None = None,
+    entropy_bound: float | None = None,
+) -> CompletionRequest | None:
+    """Cut the context; ``None`` where no completion belongs (an explicit request still gets one)."""
+    started = time.perf_counter()
+    tokenizer = engine.tokenizer
+    context = extract_context(
+        text,
+        offset,
+        language_id,
+        lambda s: len(tokenizer.encode(s, add_special_tokens=False)),
+        uri=uri,
+    )
+    if mode != "auto":
+        context = dataclasses.replace(context, mode=mode)
+    elif context.mode == "none":
+        if not invoked:
+            return None
+        context = dataclasses.replace(context, mode="line")
+    options = decode_options(context.mode, settings, decode, steps, entropy_bound)
+    return CompletionRequest(context, options, (time.perf_counter() - started) * 1000)
+
+
+def run(
+    engine: Engine,
+    request: CompletionRequest,
+    *,
+    deadline: float | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Outcome:
+    """Denoise and post-process; raises ``Cancelled`` if cancelled between steps."""
+    ctx = request.context
+    result = engine.infill(ctx.prefix, ctx.suffix, request.options, deadline=deadline, cancelled=cancelled)
+    started = time.perf_counter()
+    completion = postprocess(result.text, ctx)
+    return Outcome(completion, result, request.context_ms, (time.perf_counter() - started) * 1000)
+
+
+def complete_text(
+    engine: Engine,
+    prefix: str,
+    suffix: str,
+    language_id: str,
+    mode: str,
+    settings: Settings,
+    *,
+    decode: str = "adaptive",
+    steps: int | None = None,
+    entropy_bound: float | None = None,
+    deadline: float | None = None,
+) -> Outcome:
+    """Complete between ``prefix`` and ``suffix`` as if the cursor sat there in one document."""
+    request = plan(
+        prefix + suffix,
+        len(prefix),
+        language_id,
+        settings,
+        engine,
+        invoked=True,
+        mode=mode,
+        decode=decode,
+        steps=steps,
+        entropy_bound=entropy_bound,
+    )
+    assert request is not None  # invoked=True always plans a completion
+    return run(engine, request, deadline=deadline)

@@ -1,0 +1,350 @@
+"""LSP glue: thin handlers that move data between the protocol and the completion pipeline.
+
+Threading model: the event loop owns the protocol, the documents and all state; the model lives on
+one worker thread (``_model_thread``) that loads it and runs every denoising request in order, so a
+request never blocks the loop. Each in-flight request has a ``threading.Event`` that the engine polls
+between denoising steps: ``$/cancelRequest`` or a newer request for the same document sets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+from pygls.lsp.server import LanguageServer
+
+from diffgemma_ls import __version__
+from diffgemma_ls.completion import CompletionRequest, plan, run
+from diffgemma_ls.config import SECTION, Settings, default_threads, merge_client_settings
+from diffgemma_ls.documents import DocumentStore, UnknownDocument
+from diffgemma_ls.engine.infill import Cancelled, Engine
+from diffgemma_ls.engine.loader import ModelLoadError, load_model
+from diffgemma_ls.engine.quantize import describe_model
+
+log = logging.getLogger(__name__)
+
+STATUS_NOTIFICATION = "diffgemma/status"
+_ENCODINGS = {
+    types.PositionEncodingKind.Utf8: "utf-8",
+    types.PositionEncodingKind.Utf16: "utf-16",
+    types.PositionEncodingKind.Utf32: "utf-32",
+}
+
+
+@dataclass
+class ModelState:
+    """What the status bar shows: ``loading``, ``ready``, ``error``."""
+
+    state: str = "loading"
+    model: str = ""
+    message: str | None = None
+    last_latency_ms: float | None = None
+    engine: Engine | None = None
+    languages: tuple[str, ...] = ()
+
+
+class DiffgemmaServer(LanguageServer):
+    def __init__(self, settings: Settings):
+        super().__init__("diffgemma-ls", __version__)
+        self.base_settings = settings
+        self.settings = settings
+        self.documents = DocumentStore()
+        self.model_state = ModelState(model=settings.model or "default")
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffgemma-model")
+        self._inflight: dict[str, threading.Event] = {}
+        self._load_generation = 0
+        self._reported_errors: set[str] = set()
+        self._pending_problems: list[str] = []
+        self._load_task: asyncio.Future | None = None
+        self.client_has_inline_completion = True
+
+    # -- status and messages -------------------------------------------------------------------
+
+    def send_status(self) -> None:
+        s = self.model_state
+        params: dict[str, Any] = {"state": s.state, "model": s.model, "lastLatencyMs": s.last_latency_ms}
+        if s.message:
+            params["message"] = s.message
+        self.protocol.notify(STATUS_NOTIFICATION, params)
+
+    def tell_once(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
+        """Show a message to the user once per distinct text (not on every keystroke)."""
+        log.log(logging.ERROR if kind == types.MessageType.Error else logging.WARNING, message)
+        if message in self._reported_errors:
+            return
+        self._reported_errors.add(message)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=f"diffgemma-ls: {message}"))
+
+    # -- settings and model ---------------------------------------------------------------------
+
+    def apply_client_settings(self, client: Any) -> None:
+        """Merge a client's ``diffgemma`` section; reload the model if model/quantize/device changed."""
+        new, problems = merge_client_settings(self.base_settings, client)
+        if problems:
+            self.tell_once("invalid settings, using defaults for: " + "; ".join(problems))
+        old, self.settings = self.settings, new
+        if new.model_key != old.model_key:
+            self.start_model_load()
+
+    def start_model_load(self) -> None:
+        self._load_generation += 1
+        for event in self._inflight.values():
+            event.set()
+        self._load_task = asyncio.ensure_future(self._load_model(self._load_generation))
+
+    async def _load_model(self, generation: int) -> None:
+        settings = self.settings
+        name = settings.model or "default"
+        self.model_state = ModelState(state="loading", model=name)
+        self.send_status()
+        token = f"diffgemma-load-{generation}"
+        progress = self._client_supports_progress()
+        if progress:
+            try:
+                await self.work_done_progress.create_async(token)
+                self.work_done_progress.begin(
+                    token, types.WorkDoneProgressBegin(title="DiffusionGemma", message=f"loading {name}")
+                )
+            except Exception:  # a client that refuses progress still gets the model
+                progress = False
+        loop = asyncio.get_running_loop()
+        try:
+            engine = await loop.run_in_executor(self._model_thread, _load_engine, settings)
+        except ModelLoadError as exc:
+            if generation == self._load_generation:
+                self.model_state = ModelState(state="error", model=name, message=str(exc))
+                self.tell_once(str(exc))
+        else:
+            if generation == self._load_generation:
+                report = describe_model(engine.model)
+                languages = tuple(getattr(engine.model.config, "code_languages", None) or ())
+                self.model_state = ModelState(state="ready", model=name, engine=engine, languages=languages)
+                log.info(
+                    "serving %s on %s: %s, quantization %s, %.1f MB resident, "
+                    "%.0f%% of text weights quantized, noise %s",
+                    engine.loaded.path,
+                    engine.loaded.device,
+                    ", ".join(f"{k} {v:,}" for k, v in report.params_by_dtype.items()),
+                    engine.loaded.quantization,
+                    report.footprint_bytes / 1e6,
+                    100 * report.quantized_fraction,
+                    engine.model.noise_kind,
+                )
+        if progress:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.model_state.state))
+        if generation == self._load_generation:
+            self.send_status()
+
+    def _client_supports_progress(self) -> bool:
+        window = self.client_capabilities.window
+        return bool(window and window.work_done_progress)
+
+    @property
+    def client_capabilities(self) -> types.ClientCapabilities:
+        return self.protocol.client_capabilities
+
+    # -- completion -----------------------------------------------------------------------------
+
+    def language_enabled(self, language_id: str) -> bool:
+        return language_id in self.model_state.languages or language_id in self.settings.languages
+
+    async def complete(
+        self, uri: str, position: types.Position, invoked: bool
+    ) -> tuple[str, types.Range] | None:
+        """The shared body of inline and plain completion: text to insert and the range it replaces."""
+        started = time.monotonic()
+        state = self.model_state
+        if state.state != "ready" or state.engine is None:
+            return None
+        try:
+            doc = self.documents.get(uri)
+        except UnknownDocument:
+            return None
+        if not self.language_enabled(doc.language_id):
+            return None
+        offset = doc.offset_at(position.line, position.character)
+        request = plan(doc.text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
+        if request is None:
+            return None
+        previous = self._inflight.get(uri)
+        if previous is not None:
+            previous.set()  # a newer request supersedes it
+        cancel = threading.Event()
+        self._inflight[uri] = cancel
+        deadline = started + self.settings.latency_budget_ms / 1000
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(
+                self._model_thread, _run_request, state.engine, request, deadline, cancel
+            )
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except Cancelled:
+            raise JsonRpcRequestCancelled("superseded by a newer request or cancelled") from None
+        except Exception as exc:  # a crash inside one denoising run fails that request only
+            log.exception("completion failed")
+            self.tell_once(f"completion failed: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            if self._inflight.get(uri) is cancel:
+                del self._inflight[uri]
+        self.model_state.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
+        self.send_status()
+        log.info("completion %s", outcome.timing_line())
+        if outcome.completion is None:
+            return None
+        end = doc.position_at(offset + outcome.completion.replace_end)
+        return outcome.completion.text, types.Range(start=position, end=types.Position(*end))
+
+
+def _load_engine(settings: Settings) -> Engine:
+    torch.set_num_threads(settings.threads or default_threads())
+    loaded = load_model(
+        settings.model,
+        quantize=settings.quantize,
+        device=settings.device,
+        allow_download=settings.allow_download,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    return Engine(loaded)
+
+
+def _run_request(engine: Engine, request: CompletionRequest, deadline: float, cancel: threading.Event):
+    return run(engine, request, deadline=deadline, cancelled=cancel.is_set)
+
+
+def _client_settings(options: Any) -> Any:
+    """initializationOptions may be the section itself or ``{"diffgemma": {...}}``."""
+    if isinstance(options, dict) and SECTION in options:
+        return options[SECTION]
+    return options
+
+
+def create_server(settings: Settings) -> DiffgemmaServer:
+    server = DiffgemmaServer(settings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: DiffgemmaServer, params: types.InitializeParams) -> None:
+        ls.documents = DocumentStore(_ENCODINGS.get(ls.workspace.position_encoding, "utf-16"))
+        text_caps = params.capabilities.text_document
+        ls.client_has_inline_completion = bool(text_caps and text_caps.inline_completion)
+        if not ls.client_has_inline_completion:
+            # only for clients without inline completion, so no client runs the model twice a keystroke
+            ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())(plain_completion)
+        new, problems = merge_client_settings(
+            ls.base_settings, _client_settings(params.initialization_options)
+        )
+        ls.settings = new
+        if problems:
+            ls._pending_problems = problems
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: DiffgemmaServer, params: types.InitializedParams) -> None:
+        if ls._pending_problems:
+            ls.tell_once("invalid settings, using defaults for: " + "; ".join(ls._pending_problems))
+        if _supports_configuration(ls):
+            try:
+                result = await asyncio.wait_for(
+                    ls.workspace_configuration_async(
+                        types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
+                    ),
+                    timeout=5,
+                )
+                if result and result[0] is not None:
+                    new, problems = merge_client_settings(ls.settings, result[0])
+                    ls.settings = new
+                    if problems:
+                        ls.tell_once("invalid settings, using defaults for: " + "; ".join(problems))
+            except Exception:
+                log.warning("workspace/configuration failed; keeping initialization settings", exc_info=True)
+        ls.start_model_load()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: DiffgemmaServer, params: types.DidChangeConfigurationParams):
+        section = _client_settings(params.settings)
+        if section is None and _supports_configuration(ls):
+            result = await ls.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
+            )
+            section = result[0] if result else None
+        if section is not None:
+            ls.apply_client_settings(section)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: DiffgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        ls.documents.open(doc.uri, doc.text, doc.language_id, doc.version)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: DiffgemmaServer, params: types.DidChangeTextDocumentParams) -> None:
+        changes = []
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                r = change.range
+                changes.append(
+                    (((r.start.line, r.start.character), (r.end.line, r.end.character)), change.text)
+                )
+            else:
+                changes.append((None, change.text))
+        try:
+            ls.documents.change(params.text_document.uri, params.text_document.version, changes)
+        except UnknownDocument:
+            log.warning("didChange for a document that is not open: %s", params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: DiffgemmaServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        if (event := ls._inflight.pop(uri, None)) is not None:
+            event.set()
+        with contextlib.suppress(UnknownDocument):
+            ls.documents.close(uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(
+        ls: DiffgemmaServer, params: types.InlineCompletionParams
+    ) -> types.InlineCompletionList:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        answer = await ls.complete(params.text_document.uri, params.position, invoked)
+        if answer is None:
+            return types.InlineCompletionList(items=[])
+        text, replace = answer
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=replace)])
+
+    async def plain_completion(ls: DiffgemmaServer, params: types.CompletionParams) -> types.CompletionList:
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        answer = await ls.complete(params.text_document.uri, params.position, invoked)
+        if answer is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        text, replace = answer
+        first_line = text.strip().splitlines()[0] if text.strip() else text
+        item = types.CompletionItem(
+            label=first_line[:60],
+            kind=types.CompletionItemKind.Snippet,
+            detail="DiffusionGemma",
+            text_edit=types.TextEdit(range=replace, new_text=text),
+            insert_text_format=types.InsertTextFormat.PlainText,
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: DiffgemmaServer, *_: Any) -> None:
+        for event in ls._inflight.values():
+            event.set()
+        ls._model_thread.shutdown(wait=False, cancel_futures=True)
+
+    return server
+
+
+def _supports_configuration(ls: DiffgemmaServer) -> bool:
+    workspace = ls.client_capabilities.workspace
+    return bool(workspace and workspace.configuration)

@@ -1,0 +1,262 @@
+"""End to end: the real server over stdio, driven by pytest-lsp's client, on tiny real models."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from diffgemma_ls.completion import complete_text
+from diffgemma_ls.config import Settings
+from diffgemma_ls.engine.infill import Engine
+from diffgemma_ls.engine.loader import load_model
+
+URI = "file:///work/example.py"
+TEXT = "import os\n\n\ndef main():\n    path = \n    print(path)\n"
+CURSOR = types.Position(line=4, character=11)  # after "path = "
+
+
+def capabilities(profile: str, inline: bool = True) -> types.ClientCapabilities:
+    """pytest-lsp's recorded client profiles predate LSP 3.18: add inline completion to them."""
+    caps = client_capabilities(profile)
+    if inline:
+        caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+    return caps
+
+
+class Session:
+    """A started server with its client and the notifications it sent."""
+
+    def __init__(self, client: LanguageClient, result: types.InitializeResult):
+        self.client = client
+        self.result = result
+        self.statuses: list[dict[str, Any]] = []
+        client.feature("diffgemma/status")(lambda params: self.statuses.append(_plain(params)))
+
+    async def wait_for_state(self, *states: str, timeout: float = 120) -> dict[str, Any]:
+        async def poll() -> dict[str, Any]:
+            while not (self.statuses and self.statuses[-1]["state"] in states):
+                await asyncio.sleep(0.05)
+            return self.statuses[-1]
+
+        return await asyncio.wait_for(poll(), timeout)
+
+    def open(self, text: str = TEXT, uri: str = URI, language: str = "python") -> None:
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, language, 1, text))
+        )
+
+    async def inline(self, position: types.Position = CURSOR, uri: str = URI) -> types.InlineCompletionList:
+        return await self.client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri),
+                position=position,
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+            )
+        )
+
+
+def _plain(params: Any) -> dict[str, Any]:
+    return {
+        k: getattr(params, k) for k in ("state", "model", "lastLatencyMs", "message") if hasattr(params, k)
+    }
+
+
+async def start(
+    model: Path | str, caps: types.ClientCapabilities, options: dict[str, Any] | None = None
+) -> AsyncIterator[Session]:
+    config = ClientServerConfig(
+        server_command=[
+            sys.executable,
+            "-m",
+            "diffgemma_ls",
+            "--stdio",
+            "--model",
+            str(model),
+            "--threads",
+            "1",
+        ]
+    )
+    client = await config.start()
+    session = Session(client, None)  # type: ignore[arg-type]
+    session.result = await client.initialize_session(
+        types.InitializeParams(capabilities=caps, initialization_options=options)
+    )
+    try:
+        yield session
+    finally:
+        await client.shutdown_session()
+        await client.stop()
+
+
+@pytest.fixture
+async def session(constant_model_dir: Path) -> AsyncIterator[Session]:
+    async for s in start(constant_model_dir, capabilities("neovim")):
+        yield s
+
+
+def expected_completion(model: Path, text: str, line: int, col: int, settings: Settings) -> str:
+    """What the pipeline itself says for this cursor, computed in-process on the same model."""
+    offset = len("".join(text.splitlines(keepends=True)[:line])) + col
+    outcome = complete_text(
+        Engine(load_model(str(model), device="cpu")), text[:offset], text[offset:], "python", "auto", settings
+    )
+    assert outcome.completion is not None
+    return outcome.completion.text
+
+
+async def test_inline_completion_end_to_end(session: Session, constant_model_dir: Path) -> None:
+    caps = session.result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is None  # the client has inline completion: no second model run
+    sync = caps.text_document_sync
+    assert sync.change == types.TextDocumentSyncKind.Incremental
+    assert (await session.wait_for_state("ready", "error"))["state"] == "ready"
+
+    session.open()
+    answer = await session.inline()
+    assert len(answer.items) == 1
+    item = answer.items[0]
+    assert item.insert_text == expected_completion(constant_model_dir, TEXT, 4, 11, Settings())
+    assert set(item.insert_text) == {"x"}  # what the constant model writes
+    assert item.range.start == CURSOR
+    assert session.statuses[-1]["lastLatencyMs"] > 0
+
+    # an incremental edit moves the cursor line; the answer follows the edited text
+    session.client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(URI, 2),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(0, 0), types.Position(0, 0)), text="import sys\n"
+                )
+            ],
+        )
+    )
+    moved = await session.inline(types.Position(line=5, character=11))
+    assert moved.items and moved.items[0].range.start == types.Position(5, 11)
+
+
+async def test_progress_is_reported_while_loading(session: Session) -> None:
+    await session.wait_for_state("ready")
+    reports = [r for token, rs in session.client.progress_reports.items() if "load" in str(token) for r in rs]
+    assert isinstance(reports[0], types.WorkDoneProgressBegin)
+    assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+    assert [s["state"] for s in session.statuses][:1] == ["loading"]
+
+
+async def test_client_without_inline_completion_gets_plain_completion(constant_model_dir: Path) -> None:
+    async for s in start(constant_model_dir, capabilities("visual-studio-code", inline=False)):
+        assert s.result.capabilities.completion_provider is not None
+        await s.wait_for_state("ready")
+        s.open()
+        result = await s.client.text_document_completion_async(
+            types.CompletionParams(types.TextDocumentIdentifier(URI), CURSOR)
+        )
+        assert len(result.items) == 1
+        assert set(result.items[0].text_edit.new_text) == {"x"}
+
+
+async def test_broken_model_path_is_reported_once_and_server_stays_up(tmp_path: Path) -> None:
+    async for s in start(tmp_path / "missing-model", capabilities("neovim")):
+        status = await s.wait_for_state("error", "ready")
+        assert status["state"] == "error" and "missing-model" in status["message"]
+        s.open()
+        for _ in range(3):
+            assert (await s.inline()).items == []
+        errors = [m for m in s.client.messages if m.type == types.MessageType.Error]
+        assert len(errors) == 1 and "missing-model" in errors[0].message
+
+
+async def test_invalid_settings_one_message_and_defaults(constant_model_dir: Path) -> None:
+    options = {"diffgemma": {"canvasLength": "long", "quantize": "3bit", "maxStepz": 4}}
+    async for s in start(constant_model_dir, capabilities("neovim"), options):
+        await s.wait_for_state("ready")
+        s.open()
+        answer = await s.inline()
+        assert answer.items and len(answer.items[0].insert_text) == Settings().canvas_length
+        messages = [m.message for m in s.client.messages]
+        assert len(messages) == 1
+        assert "canvasLength" in messages[0] and "quantize" in messages[0] and "maxStepz" in messages[0]
+
+
+async def test_settings_change_reloads_and_languages_opt_in(
+    random_model_dir: Path, constant_model_dir: Path
+) -> None:
+    async for s in start(random_model_dir, capabilities("neovim")):
+        await s.wait_for_state("ready")
+        s.open("package main\n\nfunc main() {\n\tx := \n}\n", "file:///work/main.go", "go")
+        go_cursor = types.Position(line=3, character=6)
+        assert (await s.inline(go_cursor, "file:///work/main.go")).items == []  # the model is for Python
+        s.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(
+                settings={"diffgemma": {"model": str(constant_model_dir), "languages": ["go"]}}
+            )
+        )
+        await s.wait_for_state("loading")
+        await s.wait_for_state("ready")
+        answer = await s.inline(go_cursor, "file:///work/main.go")
+        assert answer.items and set(answer.items[0].insert_text) == {"x"}
+
+
+async def test_cancel_request_answers_request_cancelled(random_model_dir: Path) -> None:
+    slow = {"diffgemma": {"canvasLength": 256, "maxSteps": 1000, "latencyBudgetMs": 600_000}}
+    async for s in start(random_model_dir, capabilities("neovim"), slow):
+        await s.wait_for_state("ready")
+        s.open()
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(URI),
+            position=CURSOR,
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        )
+        request = s.client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"
+        )
+        await asyncio.sleep(0.5)
+        s.client.cancel_request(types.CancelParams(id="slow-1"))
+        with pytest.raises(JsonRpcRequestCancelled):
+            await asyncio.wait_for(request, timeout=30)
+        # the model thread is free again: a request with a short budget is answered
+        s.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"diffgemma": {"latencyBudgetMs": 50}})
+        )
+        answer = await asyncio.wait_for(s.inline(), timeout=30)
+        assert isinstance(answer, types.InlineCompletionList)
+
+
+async def test_newer_request_supersedes_older(random_model_dir: Path) -> None:
+    slow = {"diffgemma": {"canvasLength": 256, "maxSteps": 1000, "latencyBudgetMs": 600_000}}
+    async for s in start(random_model_dir, capabilities("neovim"), slow):
+        await s.wait_for_state("ready")
+        s.open()
+        older = asyncio.ensure_future(s.inline())
+        await asyncio.sleep(0.5)
+        s.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"diffgemma": {"latencyBudgetMs": 50}})
+        )
+        newer = asyncio.ensure_future(s.inline())
+        with pytest.raises(JsonRpcRequestCancelled):
+            await asyncio.wait_for(older, timeout=30)
+        assert isinstance(await asyncio.wait_for(newer, timeout=30), types.InlineCompletionList)
+
+
+async def test_utf8_position_encoding_ranges(constant_model_dir: Path) -> None:
+    caps = capabilities("neovim")
+    caps.general = types.GeneralClientCapabilities(
+        position_encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]
+    )
+    text = "def f():\n    s = '🎉世界' + \n"
+    async for s in start(constant_model_dir, caps):
+        assert s.result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+        await s.wait_for_state("ready")
+        s.open(text)
+        utf8_col = len("    s = '🎉世界' + ".encode())
+        answer = await s.inline(types.Position(1, utf8_col))
+        assert answer.items and answer.items[0].range.start == types.Position(1, utf8_col)
