@@ -1,0 +1,90 @@
+"""Which tree-sitter grammar parses a document, from its LSP ``languageId`` or file extension.
+
+Grammars come from the per-language wheels (``tree-sitter-python`` and friends), so nothing is
+downloaded or compiled at run time. A language without a grammar is not an error: context
+extraction falls back to plain lines for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from functools import cache
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlparse
+
+from tree_sitter import Language, Parser
+
+# LSP languageId -> grammar name. JSX is part of the JavaScript grammar; TSX has its own.
+_GRAMMAR_BY_LANGUAGE_ID = {
+    "python": "python",
+    "javascript": "javascript",
+    "javascriptreact": "javascript",
+    "typescript": "typescript",
+    "typescriptreact": "tsx",
+    "go": "go",
+    "rust": "rust",
+}
+
+_GRAMMAR_BY_EXTENSION = {
+    ".py": "python",
+    ".pyi": "python",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".mts": "typescript",
+    ".cts": "typescript",
+    ".tsx": "tsx",
+    ".go": "go",
+    ".rs": "rust",
+}
+
+
+# Module and function of each grammar binding, imported on first use: a Python-only user should
+# not pay for loading five grammars at startup.
+_BINDINGS = {
+    "python": ("tree_sitter_python", "language"),
+    "javascript": ("tree_sitter_javascript", "language"),
+    "typescript": ("tree_sitter_typescript", "language_typescript"),
+    "tsx": ("tree_sitter_typescript", "language_tsx"),
+    "go": ("tree_sitter_go", "language"),
+    "rust": ("tree_sitter_rust", "language"),
+}
+
+GRAMMARS: frozenset[str] = frozenset(_BINDINGS)
+
+# Parsers keep per-parse state and are not safe to share between threads; Languages are.
+_thread_local = threading.local()
+
+
+def grammar_name(language_id: str, uri: str = "") -> str | None:
+    """Grammar for an LSP ``languageId`` (or a grammar name), else for the URI's extension."""
+    grammar = _GRAMMAR_BY_LANGUAGE_ID.get(language_id) or (language_id if language_id in GRAMMARS else None)
+    if grammar is None and uri:
+        path = unquote(urlparse(uri).path) if "://" in uri else uri
+        grammar = _GRAMMAR_BY_EXTENSION.get(PurePosixPath(path).suffix.lower())
+    return grammar
+
+
+@cache
+def get_language(grammar: str) -> Language | None:
+    """The tree-sitter ``Language`` for a grammar name, or ``None`` when there is no grammar."""
+    if grammar not in _BINDINGS:
+        return None
+    module, function = _BINDINGS[grammar]
+    try:
+        binding = importlib.import_module(module)
+    except ImportError:  # an uninstalled wheel degrades to plain lines, like an unknown language
+        return None
+    return Language(getattr(binding, function)())
+
+
+def get_parser(grammar: str) -> Parser | None:
+    """A parser for ``grammar``, reused across calls on the same thread."""
+    parsers: dict[str, Parser | None] = _thread_local.__dict__.setdefault("parsers", {})
+    if grammar not in parsers:
+        language = get_language(grammar)
+        parsers[grammar] = Parser(language) if language else None
+    return parsers[grammar]
