@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -84,6 +85,7 @@ def test_without_syntax_falls_back_to_lines(monkeypatch):
 _FUNCTION = "def f{i}(x):\n    y = x + {i}\n    if y:\n        return y * 2\n    return None\n\n"
 
 
+@functools.cache  # built once for both tokenizers: the 10 MB string alone takes a while
 def _huge_inputs() -> dict[str, tuple[str, int, str]]:
     rng = random.Random(0)
     ten_mb = "".join(_FUNCTION.format(i=i) for i in range(150_000))
