@@ -169,7 +169,8 @@ def load_model(
     path = resolve_model_path(model, allow_download)
     config = _check_architecture(path, trust_remote_code)
     prequantized = getattr(config, "quantization_config", None) is not None
-    # fp32 on CPU: bf16 matmuls are slower there (measured in ../shared/notes/quantization.md)
+    # fp32 on CPU: bf16 matmuls are slower there (measured in ../shared/notes/quantization.md).
+    # Loading happens in CPU RAM; the weights then move (or are quantized onto) the device.
     dtype = torch.float32 if torch_device.type == "cpu" else torch.bfloat16
     _check_memory(path, dtype)
     try:
@@ -179,6 +180,8 @@ def load_model(
             local_files_only=True,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            # a pre-quantized checkpoint's quantizer places its weights itself
+            **({"device_map": str(torch_device)} if prequantized else {}),
         )
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
@@ -186,18 +189,22 @@ def load_model(
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from exc
     loaded.eval()
-    if not prequantized:
+    if prequantized:
+        quantization = _quantization_label(config)
+        if quantize != "none":
+            log.warning("%s is already quantized (%s); --quantize %s ignored", path, quantization, quantize)
+    elif quantize == "none":
+        quantization = "none"
         loaded.to(torch_device)
-    quantization = _quantization_label(config) if prequantized else quantize
-    if quantize != "none" and not prequantized:
+    else:
         from diffgemma_ls.engine.quantize import quantize_model
 
+        quantization = quantize
         try:
-            quantize_model(loaded, quantize)
+            # weights move to the device one at a time, quantized: the full model never has to fit there
+            quantize_model(loaded, quantize, device=torch_device)
         except Exception as exc:
             raise ModelLoadError(f"{quantize} quantization failed: {type(exc).__name__}: {exc}") from exc
-    elif quantize != "none":
-        log.warning("%s is already quantized (%s); --quantize %s ignored", path, quantization, quantize)
     name = DEFAULT_MODEL if model in (None, "", DEFAULT_MODEL) else model
     return LoadedModel(loaded, tokenizer, name, path, torch_device, quantization)
 
