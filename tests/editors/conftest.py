@@ -1,0 +1,66 @@
+"""Shared by the editor end-to-end tests: the model they serve, the server command, the expected text."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from diffgemma_ls.completion import complete_text
+from diffgemma_ls.config import Settings
+from diffgemma_ls.engine.infill import Engine
+from diffgemma_ls.engine.loader import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+DEPS = REPO / "editors" / ".deps"
+# generous, so the server's answer is the model's full answer and equals the in-process one
+LATENCY_BUDGET_MS = 120_000
+
+
+@pytest.fixture(scope="session")
+def editor_model_dir(constant_model_dir: Path) -> Path:
+    """The model the editors are tested with (switch to the shipped model here)."""
+    return constant_model_dir
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """Editor tooling is absent: a failure on CI (where editors/setup.sh installs it), else a skip."""
+    message = f"{reason}; run `bash editors/setup.sh`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def server_command(model_dir: Path, log_file: Path) -> list[str]:
+    """The server as an editor starts it, with a verbose log to read when a test fails."""
+    return [
+        sys.executable,
+        "-m",
+        "diffgemma_ls",
+        "--stdio",
+        "--model",
+        str(model_dir),
+        "--threads",
+        "1",
+        "--log-file",
+        str(log_file),
+        "-v",
+    ]
+
+
+def expected_completion(model_dir: Path, text: str, offset: int, language_id: str = "python") -> str:
+    """The pipeline's own answer at ``offset``, computed in-process on the same model."""
+    engine = Engine(load_model(str(model_dir), device="cpu"))
+    outcome = complete_text(
+        engine,
+        text[:offset],
+        text[offset:],
+        language_id,
+        "auto",
+        Settings(latency_budget_ms=LATENCY_BUDGET_MS),
+    )
+    assert outcome.completion is not None
+    return outcome.completion.text
