@@ -1,0 +1,191 @@
+"""Infilling examples cut from corpus files, laid out exactly as the server prompts the model.
+
+An example is ``(prompt_ids, middle_ids)`` where ``prompt_ids`` is
+``build_prompt(tokenizer, prefix, suffix).ids`` (the same function the server calls, so training
+and serving see identical token sequences) and the middle is what the decoder must write.
+
+Middles come in the shapes a completion request has in an editor:
+
+- ``line_tail``: the rest of a line from a random column (typing mid-line);
+- ``line``: a whole line after its indentation (cursor on a fresh, auto-indented line);
+- ``block``: a tree-sitter ``block`` node (body of a def / class / if / for / with / try ...);
+- ``span``: a random character span, possibly crossing lines (general infilling).
+
+Prefix and suffix are cut at line boundaries to at most ``max_prefix`` / ``max_suffix`` tokens,
+like an editor sending a window around the cursor.
+
+``make_batch`` turns examples into a canvas batch. Middles longer than one canvas are trained as
+block-autoregressive continuation, the way ``generate()`` decodes them: the encoder sees the
+prompt followed by the first ``k * canvas`` middle tokens and the canvas holds the next chunk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tree_sitter_python
+from tree_sitter import Language, Parser
+
+from diffgemma_ls.prompt import build_prompt
+
+CORPUS = Path(__file__).resolve().parent / "work" / "corpus"
+KINDS = ("line_tail", "line", "block", "span")
+KIND_WEIGHTS = (0.35, 0.15, 0.25, 0.25)
+MAX_BLOCK_BYTES = 1500
+MAX_CONTINUATION = 192  # middle tokens appended to the prompt in block-AR examples
+
+
+def load_texts(split: str) -> list[str]:
+    with open(CORPUS / f"{split}.jsonl") as fh:
+        return [json.loads(line)["text"] for line in fh]
+
+
+@dataclass
+class Example:
+    prompt: list[int]  # build_prompt(...).ids
+    middle: list[int]  # tokens the canvas must produce, without EOS
+    kind: str
+    prefix: str  # the text behind ``prompt``, for decoding through the server's engine
+    suffix: str
+
+
+class InfillSampler:
+    """Draws infilling examples from a list of files (files weighted by length)."""
+
+    def __init__(self, texts: list[str], tokenizer, max_prefix: int = 384, max_suffix: int = 128) -> None:
+        self.texts = texts
+        self.tok = tokenizer
+        self.max_prefix, self.max_suffix = max_prefix, max_suffix
+        self.cum = []
+        total = 0
+        for t in texts:
+            total += len(t)
+            self.cum.append(total)
+        self.parser = Parser(Language(tree_sitter_python.language()))
+        self._blocks: dict[int, list[tuple[int, int]]] = {}
+
+    def _enc(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def _blocks_of(self, idx: int, data: bytes) -> list[tuple[int, int]]:
+        """Byte ranges of the file's ``block`` nodes (cached: parsing is the expensive part)."""
+        if idx not in self._blocks:
+            spans, stack = [], [self.parser.parse(data).root_node]
+            while stack:
+                node = stack.pop()
+                if node.type == "block" and 0 < node.end_byte - node.start_byte <= MAX_BLOCK_BYTES:
+                    spans.append((node.start_byte, node.end_byte))
+                stack.extend(node.children)
+            self._blocks[idx] = spans
+        return self._blocks[idx]
+
+    def _cut(self, idx: int, kind: str, rng: random.Random) -> tuple[str, str, str] | None:
+        """(prefix, middle, suffix) of the whole file, or None if this file has no such cut."""
+        text = self.texts[idx]
+        if kind in ("line_tail", "line"):
+            for _ in range(8):  # a random character's line: longer lines are picked more often
+                s = text.rfind("\n", 0, rng.randrange(len(text))) + 1
+                e = text.find("\n", s)
+                e = len(text) if e < 0 else e
+                line = text[s:e]
+                indent = len(line) - len(line.lstrip())
+                if e - s - indent < 2:
+                    continue
+                col = s + indent if kind == "line" else rng.randrange(s + indent, e - 1)
+                return text[:col], text[col:e], text[e:]
+            return None
+        if kind == "block":
+            data = text.encode()
+            blocks = self._blocks_of(idx, data)
+            if not blocks:
+                return None
+            a, b = rng.choice(blocks)
+            return data[:a].decode(), data[a:b].decode(), data[b:].decode()
+        # span: log-uniform length so short spans (the common case in an editor) dominate
+        n = int(2 ** rng.uniform(0, 8.5))
+        a = rng.randrange(0, max(1, len(text) - n))
+        return text[:a], text[a : a + n], text[a + n :]
+
+    def _fit(self, text: str, budget: int, keep_end: bool) -> str:
+        """Whole lines of ``text`` nearest the cursor that fit in ``budget`` tokens."""
+        lines = text.splitlines(keepends=True)
+        window = budget * 4  # chars: ~1.3x the expected size (3 bytes/token), avoids tokenizing huge files
+        if keep_end:
+            lines, kept = lines[::-1], []
+        else:
+            kept = []
+        size = 0
+        for line in lines:
+            if size + len(line) > window and kept:
+                break
+            kept.append(line)
+            size += len(line)
+        while kept:
+            out = "".join(kept[::-1] if keep_end else kept)
+            if len(self._enc(out)) <= budget:
+                return out
+            # the line at the cursor is never dropped, only whole lines farther away
+            if len(kept) == 1:
+                return out[-budget:] if keep_end else out[:budget]
+            kept = kept[: max(1, (len(kept) * 3) // 4)]
+        return ""
+
+    def sample(self, rng: random.Random, kind: str | None = None) -> Example:
+        """One example; ``kind`` forces a middle shape (evaluation), else drawn by ``KIND_WEIGHTS``."""
+        fixed = kind
+        while True:
+            idx = bisect.bisect_right(self.cum, rng.randrange(self.cum[-1]))
+            kind = fixed or rng.choices(KINDS, KIND_WEIGHTS)[0]
+            cut = self._cut(idx, kind, rng)
+            if cut is None or not cut[1].strip():
+                continue
+            prefix, middle, suffix = cut
+            prefix = self._fit(prefix, self.max_prefix, keep_end=True)
+            suffix = self._fit(suffix, self.max_suffix, keep_end=False)
+            ids = build_prompt(self.tok, prefix, suffix).ids
+            return Example(ids, self._enc(middle), kind, prefix, suffix)
+
+
+@dataclass
+class Batch:
+    enc_ids: torch.Tensor  # (B, S) prompt (+ middle so far), right-padded with pad
+    enc_len: torch.Tensor  # (B,) real length n_i of each row
+    canvas: torch.Tensor  # (B, C) clean canvas: middle chunk, then eos, then pad
+
+
+def make_batch(
+    examples: list[Example],
+    canvas_len: int,
+    rng: random.Random,
+    pad: int,
+    eos: int,
+    continuation: bool = True,
+) -> Batch:
+    """Collate examples for a canvas of ``canvas_len``; choose a block-AR chunk for long middles.
+
+    Right padding is exact for the causal encoder (real tokens never attend to later pads); the
+    decoder masks the padded cache slots and gets per-row positions n_i..n_i+C-1, so each row sees
+    what ``generate()`` shows a batch-1, unpadded request.
+    """
+    rows, canvases = [], []
+    for ex in examples:
+        m = ex.middle
+        n_chunks = len(m) // canvas_len + 1  # the last chunk carries EOS
+        k = 0
+        if continuation and n_chunks > 1:
+            k = rng.randrange(min(n_chunks, MAX_CONTINUATION // canvas_len + 1))
+        chunk = m[k * canvas_len : (k + 1) * canvas_len]
+        if len(chunk) < canvas_len:
+            chunk = chunk + [eos] + [pad] * (canvas_len - len(chunk) - 1)
+        rows.append(ex.prompt + m[: k * canvas_len])
+        canvases.append(chunk)
+    width = max(map(len, rows))
+    enc = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        enc[i, : len(r)] = torch.tensor(r)
+    return Batch(enc, torch.tensor([len(r) for r in rows]), torch.tensor(canvases))
