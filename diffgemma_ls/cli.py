@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from diffgemma_ls import __version__
+from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
 from diffgemma_ls.config import Settings, default_threads, settings_from_cli
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", parents=[common], help="what would be served: model, device, quantization")
     info.add_argument("--json", action="store_true", help="one JSON object")
+
+    bench = sub.add_parser("bench", parents=[common], help="quality and speed on infilling tasks, in one run")
+    _decode_flags(bench)
+    add_bench_arguments(bench)
     return parser
 
 
@@ -290,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return infill(args)
     if args.command == "info":
         return info(args)
+    if args.command == "bench":
+        return run_bench(args, _settings(args))
     return serve(args)
 
 

@@ -1,0 +1,149 @@
+"""``diffgemma-ls bench`` flags and entry point (wired into ``diffgemma_ls.cli``).
+
+The subcommand inherits the model flags and ``--decode/--steps/--entropy-bound`` from the main
+CLI; here ``--decode`` and ``--quantize`` become comma lists, since the bench's point is to put
+modes and quantizations side by side on the same tasks in one run.
+
+Subsampling: ``--quick`` takes the first ``QUICK_LIMIT`` tasks of each suite (fixed order, see
+``tasks``), two swept entropy bounds and three LSP requests; the full bench takes the first
+``FULL_LIMIT`` of each suite. ``--limit`` overrides either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from diffgemma_ls.bench.tasks import SUITES
+from diffgemma_ls.config import Settings
+from diffgemma_ls.engine.loader import QUANTIZE_MODES
+from diffgemma_ls.engine.sampling import DECODE_MODES
+
+QUICK_LIMIT, FULL_LIMIT = 4, 40
+QUICK_SWEEP, FULL_SWEEP = "0.3,3", "0.03,0.1,0.3,1,3"
+QUICK_LSP, FULL_LSP = 3, 20
+
+
+def _comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(value: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        if not items or any(v not in choices for v in items):
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices)}, got {value!r}")
+        return items
+
+    return parse
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        bounds = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        bounds = ()
+    if not bounds or any(b <= 0 for b in bounds):
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive numbers, got {value!r}")
+    return bounds
+
+
+def _allow_lists(parser: argparse.ArgumentParser, dest: str, choices: Sequence[str], default: str) -> None:
+    """Turn an inherited single-choice option into a comma list, for this parser only.
+
+    argparse has no public way to change an option a parser inherited; and the inherited action
+    object is shared with the main parser and the other subcommands (``parents=``), so it is
+    replaced by a copy here rather than changed in place.
+    """
+    old = next(action for action in parser._actions if action.dest == dest)
+    new = copy.copy(old)
+    new.choices = None
+    new.type = _comma_list(choices)
+    new.default = default  # a string default goes through ``type`` too
+    new.metavar = "A,B,..."
+    new.help = (
+        f"{(old.help or '').split(' (default')[0]}: a comma list of {', '.join(choices)} (default: {default})"
+    )
+    for actions in (parser._actions, *(group._group_actions for group in parser._action_groups)):
+        if old in actions:
+            actions[actions.index(old)] = new
+    for option in old.option_strings:
+        parser._option_string_actions[option] = new
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Bench flags; call after ``_decode_flags(parser)``."""
+    _allow_lists(parser, "decode", DECODE_MODES, ",".join(DECODE_MODES))
+    _allow_lists(parser, "quantize", QUANTIZE_MODES, "none")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"fixed small subsample: {QUICK_LIMIT} tasks per suite (< 1 min)"
+    )
+    parser.add_argument(
+        "--limit", type=int, help=f"tasks per suite (default: {FULL_LIMIT}; --quick: {QUICK_LIMIT})"
+    )
+    parser.add_argument(
+        "--suites",
+        type=_comma_list(SUITES),
+        default=",".join(SUITES),
+        metavar="A,B,...",
+        help=f"task suites (default: all of {', '.join(SUITES)})",
+    )
+    parser.add_argument(
+        "--sweep-bounds",
+        type=_floats,
+        help=f"entropy bounds swept with adaptive decoding for the frontier plot (default: {FULL_SWEEP}; "
+        f"--quick: {QUICK_SWEEP})",
+    )
+    parser.add_argument(
+        "--lsp-requests",
+        type=int,
+        help=f"requests through a real LSP client, 0 to skip (default: {FULL_LSP}; --quick: {QUICK_LSP})",
+    )
+    parser.add_argument("--time-limit", type=float, default=10.0, help="seconds per sandboxed test run")
+    parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per test run")
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the bench, print the table, write ``--out``; exit codes as the main CLI's."""
+    from diffgemma_ls.bench import report
+    from diffgemma_ls.bench.runner import BenchPlan, WorkerFailed, run_bench_plan
+    from diffgemma_ls.bench.sandbox import Limits
+    from diffgemma_ls.cli import EXIT_MODEL, EXIT_OK, EXIT_USAGE
+
+    if (args.limit is not None and args.limit < 1) or (args.lsp_requests or 0) < 0:
+        print("diffgemma-ls bench: --limit must be at least 1 and --lsp-requests at least 0", file=sys.stderr)
+        return EXIT_USAGE
+    plan = BenchPlan(
+        settings=dataclasses.replace(settings, quantize="none"),  # ``--quantize`` is a list here
+        quantizations=args.quantize,
+        modes=args.decode,
+        steps=args.steps,
+        entropy_bound=args.entropy_bound,
+        sweep_bounds=args.sweep_bounds or _floats(QUICK_SWEEP if args.quick else FULL_SWEEP),
+        suites=args.suites,
+        limit=args.limit or (QUICK_LIMIT if args.quick else FULL_LIMIT),
+        lsp_requests=args.lsp_requests
+        if args.lsp_requests is not None
+        else QUICK_LSP
+        if args.quick
+        else FULL_LSP,
+        limits=Limits(seconds=args.time_limit, memory_mb=args.memory_mb),
+    )
+    started = time.monotonic()
+    try:
+        result = run_bench_plan(
+            plan,
+            progress=lambda line: print(
+                f"bench [{time.monotonic() - started:.0f} s]: {line}", file=sys.stderr, flush=True
+            ),
+        )
+    except WorkerFailed as exc:
+        print(f"diffgemma-ls bench: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    paths = report.write_all(result, args.out)
+    print(report.summary(result))
+    print(f"\n{result['meta']['wall_s']:.0f} s; wrote " + ", ".join(str(p) for p in paths))
+    return EXIT_OK

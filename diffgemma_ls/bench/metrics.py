@@ -1,0 +1,104 @@
+"""Scoring one completion against its task: exact match, edit similarity, parse, pass@1.
+
+A completion is judged in the document it produces, as the editor would apply it: inserted at the
+cursor, replacing the ``replace_end`` characters after it (closing brackets it re-typed). So the
+reference for the text is ``target + suffix[:replace_end]``, and the document is
+``prefix + text + suffix[replace_end:]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffgemma_ls.bench.sandbox import Limits, SandboxResult, run_python
+from diffgemma_ls.bench.tasks import Task
+from diffgemma_ls.languages import get_parser, grammar_name
+
+MAX_EDIT_CHARS = 2000  # Levenshtein is quadratic; longer texts are compared on their start
+
+
+def normalize(text: str) -> str:
+    """Trailing whitespace of each line and blank lines around the text do not count."""
+    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance in characters (insertions, deletions, substitutions)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def edit_similarity(prediction: str, reference: str) -> float:
+    """``1 - levenshtein / max length`` on normalized text: 1.0 is identical, 0.0 shares nothing."""
+    a, b = normalize(prediction)[:MAX_EDIT_CHARS], normalize(reference)[:MAX_EDIT_CHARS]
+    if not a and not b:
+        return 1.0
+    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
+
+
+def apply_completion(task: Task, text: str, replace_end: int = 0) -> str:
+    """The document after the completion is accepted."""
+    return task.prefix + text + task.suffix[replace_end:]
+
+
+def parses(document: str, language: str) -> bool | None:
+    """Whether tree-sitter parses the document without an error node; ``None`` without a grammar."""
+    grammar = grammar_name(language)
+    parser = get_parser(grammar) if grammar else None
+    if parser is None:
+        return None
+    return not parser.parse(document.encode("utf-8", errors="surrogatepass")).root_node.has_error
+
+
+def humaneval_program(task: Task, document: str) -> str:
+    """The completed solution followed by the problem's tests, as HumanEval runs them."""
+    return f"{document}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+
+
+@dataclass(frozen=True)
+class Score:
+    exact: bool
+    edit_similarity: float
+    parses: bool | None  # None: no grammar, or the original file did not parse either
+    passed: bool | None  # None: the task has no tests
+
+
+class Scorer:
+    """Scores completions; sandbox runs are cached by program text, since modes often agree."""
+
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self._runs: dict[str, SandboxResult] = {}
+        self._original_parses: dict[str, bool | None] = {}
+
+    def run(self, program: str) -> SandboxResult:
+        if program not in self._runs:
+            self._runs[program] = run_python(program, self.limits)
+        return self._runs[program]
+
+    @property
+    def sandbox_runs(self) -> int:
+        return len(self._runs)
+
+    def score(self, task: Task, text: str, replace_end: int = 0) -> Score:
+        reference = task.target + task.suffix[:replace_end]
+        document = apply_completion(task, text, replace_end)
+        if task.task_id not in self._original_parses:
+            self._original_parses[task.task_id] = parses(task.document, task.language)
+        parse = parses(document, task.language) if self._original_parses[task.task_id] else None
+        passed = None
+        if task.test:
+            passed = self.run(humaneval_program(task, document)).status == "passed"
+        return Score(
+            exact=normalize(text) == normalize(reference),
+            edit_similarity=edit_similarity(text, reference),
+            parses=parse,
+            passed=passed,
+        )

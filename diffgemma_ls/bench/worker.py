@@ -1,0 +1,140 @@
+"""Generation for one quantization, in its own process: ``python -m diffgemma_ls.bench.worker SPEC OUT``.
+
+Why a process per quantization: peak RSS (``ru_maxrss``) only grows within a process, so only a
+fresh one measures what a model costs; the first request is really cold (lazy imports, grammar
+loading, allocator warm-up) only in a process that has served none; and quantized weights never
+share an address space with the unquantized ones they are compared with.
+
+SPEC is JSON: ``settings`` (``Settings`` fields), ``tasks`` (``task_id``, ``prefix``, ``suffix``,
+``language``, ``mode``) and ``configs`` (``name``, ``decode``, ``steps``, ``entropy_bound``). The
+first task is completed once before anything is recorded and timed as the cold request. OUT gets
+JSON: the model report, load time, cold request, peak RSS and one record per (config, task).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from diffgemma_ls.completion import complete_text
+from diffgemma_ls.config import Settings, default_threads
+from diffgemma_ls.engine.infill import Engine
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """One way of decoding, as the bench names it in its table."""
+
+    name: str
+    decode: str
+    steps: int | None = None
+    entropy_bound: float | None = None
+
+
+def _request(
+    engine: Engine, settings: Settings, task: dict[str, Any], config: DecodeConfig
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    outcome = complete_text(
+        engine,
+        task["prefix"],
+        task["suffix"],
+        task["language"],
+        task["mode"],
+        settings,
+        decode=config.decode,
+        steps=config.steps,
+        entropy_bound=config.entropy_bound,
+    )
+    e2e_ms = (time.perf_counter() - started) * 1000
+    result, completion = outcome.result, outcome.completion
+    return {
+        "config": config.name,
+        "task_id": task["task_id"],
+        "text": completion.text if completion else "",
+        "replace_end": completion.replace_end if completion else 0,
+        "e2e_ms": e2e_ms,
+        "context_ms": outcome.context_ms,
+        "postprocess_ms": outcome.postprocess_ms,
+        "prefill_ms": result.prefill_ms if result else 0.0,
+        "denoise_ms": result.denoise_ms if result else 0.0,
+        "forward_passes": result.forward_passes if result else 0,
+        "tokens_per_forward": result.tokens_per_forward if result and result.forward_passes else 0.0,
+        "prompt_tokens": result.prompt_tokens if result else 0,
+        "budget_exhausted": bool(result and result.budget_exhausted),
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def generate(spec: dict[str, Any], progress=None) -> dict[str, Any]:
+    """Load the model, time the cold request, then complete every task with every config."""
+    import torch
+
+    from diffgemma_ls.engine.loader import load_model
+    from diffgemma_ls.engine.quantize import describe_model
+
+    settings = Settings(**spec["settings"])
+    torch.set_num_threads(settings.threads or default_threads())
+    started = time.perf_counter()
+    loaded = load_model(
+        settings.model,
+        quantize=settings.quantize,
+        device=settings.device,
+        allow_download=settings.allow_download,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    load_ms = (time.perf_counter() - started) * 1000
+    engine = Engine(loaded)
+    rss_loaded = _peak_rss_mb()
+    configs = [DecodeConfig(**c) for c in spec["configs"]]
+    tasks = spec["tasks"]
+    cold = _request(engine, settings, tasks[0], configs[0])
+    records = []
+    for config in configs:
+        config_started = time.perf_counter()
+        records.extend(_request(engine, settings, task, config) for task in tasks)
+        if progress:
+            progress(
+                f"[{settings.quantize}] {config.name}: {len(tasks)} tasks in "
+                f"{time.perf_counter() - config_started:.1f} s"
+            )
+    return {
+        "quantize": settings.quantize,
+        "model": loaded.path,
+        "quantization": loaded.quantization,
+        "report": describe_model(engine.model).to_dict(),
+        "load_ms": load_ms,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": _peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+        "cold": cold,
+        "records": records,
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Exit 0 with OUT written, or 1 (the CLI's ``EXIT_MODEL``) after saying why the model cannot load."""
+    from diffgemma_ls.engine.loader import ModelLoadError
+
+    spec_path, out_path = argv
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    try:
+        result = generate(spec, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except ModelLoadError as exc:
+        print(f"diffgemma-ls bench: {exc}", file=sys.stderr)
+        return 1
+    with open(out_path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
