@@ -10,6 +10,7 @@ from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.postprocess import FILTERS, Completion, postprocess
 from diffgemma_ls.postprocess.closing_chars import replaced_closers
 from diffgemma_ls.postprocess.cut_eos import cut_special_tokens
+from diffgemma_ls.postprocess.drop_suffix_repeat import drop_suffix_repeat
 from diffgemma_ls.postprocess.indentation import match_indentation
 from diffgemma_ls.postprocess.limit_scope import limit_scope
 from diffgemma_ls.prompt import SPECIAL_TOKENS
@@ -105,3 +106,11 @@ def test_filters_are_pure_functions_of_text_and_context():
     ctx = context_at("def f():\n    █")
     for step in FILTERS:
         assert step("", ctx) in ("", None)
+
+
+def test_repeated_lines_must_match_indentation_too():
+    ctx = context_at("function f() {\n  if (x) {\n    █\n  }\n}", "javascript")
+    assert drop_suffix_repeat("y();\n  }", ctx) == "y();"  # repeats the if's brace
+    assert drop_suffix_repeat("if (y) {\n      z();\n    }", ctx) == "if (y) {\n      z();\n    }"
+    same_line = context_at("function f() {█}", "javascript")
+    assert drop_suffix_repeat("\n    x;\n}", same_line) == "\n    x;"

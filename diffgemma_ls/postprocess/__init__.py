@@ -35,7 +35,7 @@ from diffgemma_ls.postprocess.line_endings import normalize_newlines, to_documen
 from diffgemma_ls.postprocess.single_line import keep_first_line
 from diffgemma_ls.postprocess.trim_trailing import trim_trailing
 
-Filter: TypeAlias = Callable[[str, InfillContext], "str | None"]
+Filter: TypeAlias = Callable[[str, InfillContext], str | None]
 
 FILTERS: tuple[Filter, ...] = (
     cut_special_tokens,
