@@ -104,10 +104,16 @@ def run(
     *,
     deadline: float | None = None,
     cancelled: Callable[[], bool] | None = None,
+    cache_key: str | None = None,
 ) -> Outcome:
-    """Denoise and post-process; raises ``Cancelled`` if cancelled between steps."""
+    """Denoise and post-process; raises ``Cancelled`` if cancelled between steps.
+
+    ``cache_key`` (a document URI) lets the engine reuse the previous request's encoder cache.
+    """
     ctx = request.context
-    result = engine.infill(ctx.prefix, ctx.suffix, request.options, deadline=deadline, cancelled=cancelled)
+    result = engine.infill(
+        ctx.prefix, ctx.suffix, request.options, deadline=deadline, cancelled=cancelled, cache_key=cache_key
+    )
     started = time.perf_counter()
     completion = postprocess(result.text, ctx)
     return Outcome(completion, result, request.context_ms, (time.perf_counter() - started) * 1000)

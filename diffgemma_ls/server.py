@@ -25,10 +25,12 @@ from pygls.lsp.server import LanguageServer
 from diffgemma_ls import __version__
 from diffgemma_ls.completion import CompletionRequest, plan, run
 from diffgemma_ls.config import SECTION, Settings, default_threads, merge_client_settings
-from diffgemma_ls.documents import DocumentStore, UnknownDocument
+from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
 from diffgemma_ls.engine.quantize import describe_model
+from diffgemma_ls.postprocess import Completion
+from diffgemma_ls.typeahead import TypeAhead
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class DiffgemmaServer(LanguageServer):
         self.base_settings = settings
         self.settings = settings
         self.documents = DocumentStore()
+        self.typeahead = TypeAhead()
         self.model_state = ModelState(model=settings.model or "default")
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffgemma-model")
         self._inflight: dict[str, threading.Event] = {}
@@ -128,6 +131,7 @@ class DiffgemmaServer(LanguageServer):
                 report = describe_model(engine.model)
                 languages = tuple(getattr(engine.model.config, "code_languages", None) or ())
                 self.model_state = ModelState(state="ready", model=name, engine=engine, languages=languages)
+                self.typeahead = TypeAhead()  # what the old model showed is no answer of the new one
                 log.info(
                     "serving %s on %s: %s, quantization %s, %.1f MB resident, "
                     "%.0f%% of text weights quantized, noise %s",
@@ -171,8 +175,13 @@ class DiffgemmaServer(LanguageServer):
             return None
         if not self.language_enabled(doc.language_id):
             return None
+        text = doc.text  # the snapshot this request answers for, whatever edits arrive meanwhile
         offset = doc.offset_at(position.line, position.character)
-        request = plan(doc.text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
+        ahead = self.typeahead.lookup(uri, text, offset)
+        if ahead is not None:
+            log.info("completion from the typing-ahead cache, no model call")
+            return self._answer(ahead, text, offset, position)
+        request = plan(text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
         if request is None:
             return None
         previous = self._inflight.get(uri)
@@ -184,7 +193,7 @@ class DiffgemmaServer(LanguageServer):
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(
-                self._model_thread, _run_request, state.engine, request, deadline, cancel
+                self._model_thread, _run_request, state.engine, request, deadline, cancel, uri
             )
         except asyncio.CancelledError:
             cancel.set()
@@ -203,8 +212,16 @@ class DiffgemmaServer(LanguageServer):
         log.info("completion %s", outcome.timing_line())
         if outcome.completion is None:
             return None
-        end = doc.position_at(offset + outcome.completion.replace_end)
-        return outcome.completion.text, types.Range(start=position, end=types.Position(*end))
+        self.typeahead.remember(uri, text, offset, outcome.completion)
+        return self._answer(outcome.completion, text, offset, position)
+
+    def _answer(
+        self, completion: Completion, text: str, offset: int, position: types.Position
+    ) -> tuple[str, types.Range]:
+        """The insert text and the range it replaces: the closing characters after the cursor, if any."""
+        replaced = text[offset : offset + completion.replace_end]  # on the cursor line (closers)
+        end = types.Position(position.line, position.character + units(replaced, self.documents.encoding))
+        return completion.text, types.Range(start=position, end=end)
 
 
 def _load_engine(settings: Settings) -> Engine:
@@ -219,8 +236,10 @@ def _load_engine(settings: Settings) -> Engine:
     return Engine(loaded)
 
 
-def _run_request(engine: Engine, request: CompletionRequest, deadline: float, cancel: threading.Event):
-    return run(engine, request, deadline=deadline, cancelled=cancel.is_set)
+def _run_request(
+    engine: Engine, request: CompletionRequest, deadline: float, cancel: threading.Event, uri: str
+):
+    return run(engine, request, deadline=deadline, cancelled=cancel.is_set, cache_key=uri)
 
 
 def _client_settings(options: Any) -> Any:
@@ -306,6 +325,10 @@ def create_server(settings: Settings) -> DiffgemmaServer:
         uri = params.text_document.uri
         if (event := ls._inflight.pop(uri, None)) is not None:
             event.set()
+        if (engine := ls.model_state.engine) is not None:
+            # on the model thread: forget() waits for the engine, the event loop must not
+            ls._model_thread.submit(engine.forget, uri)
+        ls.typeahead.forget(uri)
         with contextlib.suppress(UnknownDocument):
             ls.documents.close(uri)
 

@@ -142,3 +142,22 @@ def test_pickle_only_checkpoint_is_refused(random_model_dir: Path, tmp_path: Pat
     torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match=r"no \.safetensors"):
         load_model(str(pickled), device="cpu")
+
+
+def test_prompt_cache_reuses_the_encoder_and_answers_the_same(random_model_dir: Path) -> None:
+    options = DecodeOptions(canvas_length=16, max_steps=4)
+    cold = Engine(load_model(str(random_model_dir), device="cpu"), prompt_caches=0)
+    warm = Engine(load_model(str(random_model_dir), device="cpu"), prompt_caches=2)
+    prefix = PREFIX + "return a"
+    first = warm.infill(PREFIX, SUFFIX, options, cache_key="doc")
+    assert first.reused_prompt_tokens == 0
+    typed = warm.infill(prefix, SUFFIX, options, cache_key="doc")  # the user typed at the cursor
+    fresh = cold.infill(prefix, SUFFIX, options, cache_key="doc")
+    assert typed.reused_prompt_tokens >= len(SUFFIX) // 4  # everything up to the cursor was kept
+    assert fresh.reused_prompt_tokens == 0
+    assert typed.token_ids == fresh.token_ids
+    for key in ("a", "b", "c"):
+        warm.infill(PREFIX, SUFFIX, options, cache_key=key)
+    assert len(warm._prompt_cache) == 2  # bounded, least recently used out
+    warm.forget("c")
+    assert list(warm._prompt_cache) == ["b"]

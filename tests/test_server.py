@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def _plain(params: Any) -> dict[str, Any]:
     }
 
 
+@asynccontextmanager
 async def start(
     model: Path | str, caps: types.ClientCapabilities, options: dict[str, Any] | None = None
 ) -> AsyncIterator[Session]:
@@ -98,7 +100,7 @@ async def start(
 
 @pytest.fixture
 async def session(constant_model_dir: Path) -> AsyncIterator[Session]:
-    async for s in start(constant_model_dir, capabilities("neovim")):
+    async with start(constant_model_dir, capabilities("neovim")) as s:
         yield s
 
 
@@ -132,7 +134,7 @@ async def test_inline_completion_end_to_end(session: Session, constant_model_dir
     # an incremental edit moves the cursor line; the answer follows the edited text
     session.client.text_document_did_change(
         types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(URI, 2),
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
             content_changes=[
                 types.TextDocumentContentChangePartial(
                     range=types.Range(types.Position(0, 0), types.Position(0, 0)), text="import sys\n"
@@ -142,6 +144,21 @@ async def test_inline_completion_end_to_end(session: Session, constant_model_dir
     )
     moved = await session.inline(types.Position(line=5, character=11))
     assert moved.items and moved.items[0].range.start == types.Position(5, 11)
+    shown = moved.items[0].insert_text
+
+    # typing the start of the ghost text: the rest comes from the typing-ahead cache, not the model
+    session.client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=3),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(5, 11), types.Position(5, 11)), text="xx"
+                )
+            ],
+        )
+    )
+    ahead = await session.inline(types.Position(line=5, character=13))
+    assert ahead.items[0].insert_text == shown[2:]  # a model run would answer a whole canvas again
 
 
 async def test_progress_is_reported_while_loading(session: Session) -> None:
@@ -153,7 +170,7 @@ async def test_progress_is_reported_while_loading(session: Session) -> None:
 
 
 async def test_client_without_inline_completion_gets_plain_completion(constant_model_dir: Path) -> None:
-    async for s in start(constant_model_dir, capabilities("visual-studio-code", inline=False)):
+    async with start(constant_model_dir, capabilities("visual-studio-code", inline=False)) as s:
         assert s.result.capabilities.completion_provider is not None
         await s.wait_for_state("ready")
         s.open()
@@ -165,19 +182,19 @@ async def test_client_without_inline_completion_gets_plain_completion(constant_m
 
 
 async def test_broken_model_path_is_reported_once_and_server_stays_up(tmp_path: Path) -> None:
-    async for s in start(tmp_path / "missing-model", capabilities("neovim")):
+    async with start(tmp_path / "missing-model", capabilities("neovim")) as s:
         status = await s.wait_for_state("error", "ready")
         assert status["state"] == "error" and "missing-model" in status["message"]
         s.open()
         for _ in range(3):
-            assert (await s.inline()).items == []
+            assert (await s.inline()).items == ()
         errors = [m for m in s.client.messages if m.type == types.MessageType.Error]
         assert len(errors) == 1 and "missing-model" in errors[0].message
 
 
 async def test_invalid_settings_one_message_and_defaults(constant_model_dir: Path) -> None:
     options = {"diffgemma": {"canvasLength": "long", "quantize": "3bit", "maxStepz": 4}}
-    async for s in start(constant_model_dir, capabilities("neovim"), options):
+    async with start(constant_model_dir, capabilities("neovim"), options) as s:
         await s.wait_for_state("ready")
         s.open()
         answer = await s.inline()
@@ -190,11 +207,11 @@ async def test_invalid_settings_one_message_and_defaults(constant_model_dir: Pat
 async def test_settings_change_reloads_and_languages_opt_in(
     random_model_dir: Path, constant_model_dir: Path
 ) -> None:
-    async for s in start(random_model_dir, capabilities("neovim")):
+    async with start(random_model_dir, capabilities("neovim")) as s:
         await s.wait_for_state("ready")
         s.open("package main\n\nfunc main() {\n\tx := \n}\n", "file:///work/main.go", "go")
         go_cursor = types.Position(line=3, character=6)
-        assert (await s.inline(go_cursor, "file:///work/main.go")).items == []  # the model is for Python
+        assert (await s.inline(go_cursor, "file:///work/main.go")).items == ()  # the model is for Python
         s.client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(
                 settings={"diffgemma": {"model": str(constant_model_dir), "languages": ["go"]}}
@@ -208,7 +225,7 @@ async def test_settings_change_reloads_and_languages_opt_in(
 
 async def test_cancel_request_answers_request_cancelled(random_model_dir: Path) -> None:
     slow = {"diffgemma": {"canvasLength": 256, "maxSteps": 1000, "latencyBudgetMs": 600_000}}
-    async for s in start(random_model_dir, capabilities("neovim"), slow):
+    async with start(random_model_dir, capabilities("neovim"), slow) as s:
         await s.wait_for_state("ready")
         s.open()
         params = types.InlineCompletionParams(
@@ -216,8 +233,10 @@ async def test_cancel_request_answers_request_cancelled(random_model_dir: Path) 
             position=CURSOR,
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
         )
-        request = s.client.protocol.send_request_async(
-            types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"
+        request = asyncio.ensure_future(
+            s.client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"
+            )
         )
         await asyncio.sleep(0.5)
         s.client.cancel_request(types.CancelParams(id="slow-1"))
@@ -233,7 +252,7 @@ async def test_cancel_request_answers_request_cancelled(random_model_dir: Path) 
 
 async def test_newer_request_supersedes_older(random_model_dir: Path) -> None:
     slow = {"diffgemma": {"canvasLength": 256, "maxSteps": 1000, "latencyBudgetMs": 600_000}}
-    async for s in start(random_model_dir, capabilities("neovim"), slow):
+    async with start(random_model_dir, capabilities("neovim"), slow) as s:
         await s.wait_for_state("ready")
         s.open()
         older = asyncio.ensure_future(s.inline())
@@ -253,7 +272,7 @@ async def test_utf8_position_encoding_ranges(constant_model_dir: Path) -> None:
         position_encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]
     )
     text = "def f():\n    s = '🎉世界' + \n"
-    async for s in start(constant_model_dir, caps):
+    async with start(constant_model_dir, caps) as s:
         assert s.result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
         await s.wait_for_state("ready")
         s.open(text)

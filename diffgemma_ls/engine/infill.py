@@ -13,10 +13,12 @@ import math
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 from diffgemma_ls.engine.loader import LoadedModel
@@ -65,6 +67,7 @@ class InfillResult:
     prompt_tokens: int
     budget_exhausted: bool = False
     token_ids: list[int] = field(default_factory=list)
+    reused_prompt_tokens: int = 0  # prompt tokens whose encoder KV came from the previous request
 
 
 class _StepMonitor:
@@ -112,11 +115,37 @@ class _EncoderTimer:
         self.total += time.perf_counter() - self._start
 
 
-class Engine:
-    """Serves infill requests on one loaded model, one at a time (calls are serialized by a lock)."""
+@dataclass
+class _PromptCache:
+    """The encoder KV cache of a request's prompt, kept for the next request on the same document."""
 
-    def __init__(self, loaded: LoadedModel):
+    ids: list[int]
+    cache: DynamicCache
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Engine:
+    """Serves infill requests on one loaded model, one at a time (calls are serialized by a lock).
+
+    With a ``cache_key`` (the server uses the document URI), the encoder KV cache of the last prompt
+    is kept, and the next request only prefills what changed after the longest common token prefix:
+    the prompt puts the suffix first, so typing at the cursor keeps everything up to the cursor.
+    At most ``prompt_caches`` documents keep a cache (least recently used first out).
+    """
+
+    MIN_REUSE = 4  # below this many shared tokens a fresh prefill is as cheap and simpler
+
+    def __init__(self, loaded: LoadedModel, prompt_caches: int = 8):
         self.loaded = loaded
+        self.prompt_caches = prompt_caches
+        self._prompt_cache: OrderedDict[str, _PromptCache] = OrderedDict()
         self.model: CodeDiffusionGemma = loaded.model
         self.tokenizer = loaded.tokenizer
         self._lock = threading.Lock()
@@ -148,15 +177,16 @@ class Engine:
         *,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        cache_key: str | None = None,
     ) -> InfillResult:
         """Denoise the middle between ``prefix`` and ``suffix``.
 
         ``deadline`` is a ``time.monotonic()`` instant: once passed, the current draft is returned
         (``budget_exhausted``). ``cancelled`` is polled between steps and raises ``Cancelled``.
+        ``cache_key`` reuses the encoder cache of the previous request with the same key.
         """
         options = options or DecodeOptions()
         prompt = build_prompt(self.tokenizer, prefix, suffix).ids
-        input_ids = torch.tensor([prompt], dtype=torch.long, device=self.loaded.device)
         monitor = _StepMonitor(deadline, cancelled)
         bound = float(options.entropy_bound or self.default_entropy_bound)
         if options.mode == "adaptive" and self.model.noise_kind == "uniform":
@@ -169,11 +199,14 @@ class Engine:
                 raise Cancelled
             started = time.perf_counter()
             self._encoder_timer.total = 0.0
-            torch.manual_seed(zlib.crc32(input_ids.cpu().numpy().tobytes()))
+            torch.manual_seed(zlib.crc32(str(prompt).encode()))
+            cache, reused = self._take_prompt_cache(cache_key, prompt)
+            input_ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.loaded.device)
             budget_exhausted = False
             try:
                 self._view(options.canvas_length).generate(
                     input_ids,
+                    past_key_values=cache,
                     max_new_tokens=options.canvas_length * options.max_canvases,
                     max_denoising_steps=steps,
                     sampler_config=sampler_config,
@@ -181,6 +214,8 @@ class Engine:
                 )
             except _BudgetSpent:
                 budget_exhausted = True
+            finally:
+                self._keep_prompt_cache(cache_key, prompt, cache)
             elapsed = time.perf_counter() - started
             prefill = self._encoder_timer.total
         pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
@@ -197,7 +232,40 @@ class Engine:
             prompt_tokens=len(prompt),
             budget_exhausted=budget_exhausted,
             token_ids=middle,
+            reused_prompt_tokens=reused,
         )
+
+    def forget(self, cache_key: str) -> None:
+        """Drop a document's cached prompt (the document was closed)."""
+        with self._lock:
+            self._prompt_cache.pop(cache_key, None)
+
+    def _take_prompt_cache(self, key: str | None, prompt: list[int]) -> tuple[DynamicCache, int]:
+        """A cache holding the longest reusable prefix of ``prompt``, and its length."""
+        entry = self._prompt_cache.pop(key, None) if key is not None else None
+        if entry is not None:
+            # keep one token to encode: generate() needs a non-empty input
+            common = min(_common_prefix(entry.ids, prompt), len(prompt) - 1)
+            if common >= self.MIN_REUSE:
+                try:
+                    entry.cache.crop(common - entry.cache.get_seq_length())
+                    return entry.cache, common
+                except (RuntimeError, ValueError):  # sliding layers past their window cannot roll back
+                    pass
+        return DynamicCache(config=self.model.config.get_text_config(decoder=True)), 0
+
+    def _keep_prompt_cache(self, key: str | None, prompt: list[int], cache: DynamicCache) -> None:
+        """Store the cache cut back to the prompt (block-AR canvases were appended after it)."""
+        if key is None or self.prompt_caches <= 0:
+            return
+        length = min(cache.get_seq_length(), len(prompt))
+        try:
+            cache.crop(length - cache.get_seq_length())
+        except (RuntimeError, ValueError):
+            return
+        self._prompt_cache[key] = _PromptCache(prompt[:length], cache)
+        while len(self._prompt_cache) > self.prompt_caches:
+            self._prompt_cache.popitem(last=False)
 
     def _cut_at_end(self, ids: list[int]) -> list[int]:
         for i, tid in enumerate(ids):
