@@ -4,12 +4,18 @@ Threading model: the event loop owns the protocol, the documents and all state; 
 one worker thread (``_model_thread``) that loads it and runs every denoising request in order, so a
 request never blocks the loop. Each in-flight request has a ``threading.Event`` that the engine polls
 between denoising steps: ``$/cancelRequest`` or a newer request for the same document sets it.
+
+``diffgemma/debugState`` (a custom request) answers the sizes of that state - open documents, requests
+in flight, pending handler futures, cache entries, queued model jobs - and, given ``{"uri": ...}``,
+the SHA-256 of the server's copy of that document: what a bug report or a test needs to tell a leak
+or a desynchronized document, without any document contents.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -35,6 +41,7 @@ from diffgemma_ls.typeahead import TypeAhead
 log = logging.getLogger(__name__)
 
 STATUS_NOTIFICATION = "diffgemma/status"
+DEBUG_STATE_REQUEST = "diffgemma/debugState"
 _ENCODINGS = {
     types.PositionEncodingKind.Utf8: "utf-8",
     types.PositionEncodingKind.Utf16: "utf-16",
@@ -358,6 +365,25 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             insert_text_format=types.InsertTextFormat.PlainText,
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(DEBUG_STATE_REQUEST)
+    def debug_state(ls: DiffgemmaServer, params: Any) -> dict[str, Any]:
+        """Sizes of the server's state (see the module docstring); never document text."""
+        engine = ls.model_state.engine
+        state: dict[str, Any] = {
+            "documents": len(ls.documents),
+            "totalChars": ls.documents.total_chars,
+            "inflight": len(ls._inflight),
+            "pendingFutures": len(ls.protocol._request_futures),
+            "typeahead": len(ls.typeahead),
+            "promptCaches": len(engine._prompt_cache) if engine is not None else 0,
+            "modelQueue": ls._model_thread._work_queue.qsize(),
+        }
+        uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
+        if isinstance(uri, str) and uri in ls.documents:
+            text = ls.documents.get(uri).text
+            state["textSha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return state
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: DiffgemmaServer, *_: Any) -> None:
