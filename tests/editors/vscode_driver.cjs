@@ -1,0 +1,77 @@
+// Drives code-server in headless Chromium for test_vscode.py: open a file from the Explorer, type,
+// trigger an inline suggestion, read the ghost text, accept it with Tab, save.
+// Usage: node vscode_driver.cjs <job.json>; prints one JSON line with what it saw.
+"use strict";
+const fs = require("fs");
+const path = require("path");
+
+const job = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const { chromium } = require(path.join(job.harness, "node_modules", "playwright-core"));
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: job.chromium,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  const seen = { statusBar: null, ghostText: null, error: null };
+  const page = await browser.newPage({ viewport: { width: 1100, height: 520 } });
+  try {
+    await page.goto(`${job.url}/?folder=${encodeURIComponent(job.folder)}`);
+    await page.locator(".monaco-workbench").waitFor({ timeout: job.timeoutMs });
+
+    const row = page.locator(".explorer-folders-view .monaco-list-row", { hasText: job.file });
+    await row.waitFor({ timeout: job.timeoutMs });
+    await row.click();
+    const editor = page.locator(".editor-instance .monaco-editor").first();
+    await editor.locator(".view-line", { hasText: job.waitForLine }).waitFor({ timeout: job.timeoutMs });
+
+    // the status bar says the model is ready (diffgemma/status from the server)
+    const status = page.locator(".statusbar-item", { hasText: job.modelName });
+    await status.waitFor({ timeout: job.timeoutMs });
+
+    // cursor to the end of the line to type on, then type and ask for a suggestion
+    await editor.locator(".view-line", { hasText: job.waitForLine }).click();
+    await page.keyboard.press("Control+G");
+    await page.keyboard.type(`${job.line}`);
+    await page.keyboard.press("Enter");
+    await page.keyboard.press("End");
+    await page.keyboard.type(job.typed, { delay: 40 });
+    await page.keyboard.press("Alt+Backslash"); // editor.action.inlineSuggest.trigger
+
+    const ghost = editor.locator(".ghost-text-decoration, .ghost-text");
+    await ghost.first().waitFor({ timeout: job.timeoutMs });
+    await page.waitForFunction(
+      (want) => [...document.querySelectorAll(".ghost-text-decoration, .ghost-text")]
+        .map((el) => el.textContent).join("").replace(/\u00a0/g, " ").includes(want.trim()),
+      job.expected, { timeout: job.ghostTimeoutMs, polling: 100 }).catch(() => undefined);
+    seen.ghostText = (await ghost.allTextContents()).join("\n").replace(/\u00a0/g, " ");
+    // after a completion the status bar adds the server's last latency
+    await status.filter({ hasText: " ms" }).waitFor({ timeout: job.timeoutMs });
+    seen.statusBar = (await status.first().textContent()).trim();
+    await page.screenshot({ path: job.screenshot });
+
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Control+S");
+    await page.locator(".tab.active:not(.dirty)").waitFor({ timeout: job.timeoutMs });
+  } catch (error) {
+    seen.error = String(error);
+    await page.screenshot({ path: job.screenshot }).catch(() => undefined);
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(seen) + "\n");
+}
+
+main().catch((error) => {
+  process.stdout.write(JSON.stringify({ error: String(error) }) + "\n");
+  process.exit(1);
+});
