@@ -150,25 +150,14 @@ def serve(args: argparse.Namespace) -> int:
 
 def _load_engine(args: argparse.Namespace):
     """The engine for a one-shot command, or None after printing why the model cannot load."""
-    import torch
+    from diffgemma_ls.completion import load_engine
+    from diffgemma_ls.engine.loader import ModelLoadError
 
-    from diffgemma_ls.engine.infill import Engine
-    from diffgemma_ls.engine.loader import ModelLoadError, load_model
-
-    settings = _settings(args)
-    torch.set_num_threads(settings.threads or default_threads())
     try:
-        loaded = load_model(
-            settings.model,
-            quantize=settings.quantize,
-            device=settings.device,
-            allow_download=settings.allow_download,
-            trust_remote_code=settings.trust_remote_code,
-        )
+        return load_engine(_settings(args))
     except ModelLoadError as exc:
         print(f"diffgemma-ls: {exc}", file=sys.stderr)
         return None
-    return Engine(loaded)
 
 
 def _decode_settings(args: argparse.Namespace) -> dict:

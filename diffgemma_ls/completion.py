@@ -11,9 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from diffgemma_ls.config import Settings
+import torch
+
+from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult
+from diffgemma_ls.engine.loader import load_model
 from diffgemma_ls.postprocess import Completion, postprocess
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
@@ -45,6 +48,19 @@ class Outcome:
             f"{', budget spent' if r.budget_exhausted else ''}), postprocess {self.postprocess_ms:.1f} ms, "
             f"{len(self.completion.text) if self.completion else 0} chars"
         )
+
+
+def load_engine(settings: Settings) -> Engine:
+    """The engine for the model the settings name (raises ``ModelLoadError`` with a user message)."""
+    torch.set_num_threads(settings.threads or default_threads())
+    loaded = load_model(
+        settings.model,
+        quantize=settings.quantize,
+        device=settings.device,
+        allow_download=settings.allow_download,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    return Engine(loaded)
 
 
 def decode_options(

@@ -235,6 +235,10 @@ class Engine:
             reused_prompt_tokens=reused,
         )
 
+    def warm_up(self) -> None:
+        """One tiny request, so the first real one does not pay torch's lazy initialization (~seconds)."""
+        self.infill("", "", DecodeOptions(mode="fixed", max_steps=1))
+
     def forget(self, cache_key: str) -> None:
         """Drop a document's cached prompt (the document was closed)."""
         with self._lock:

@@ -1,0 +1,71 @@
+"""The command line contract other tools depend on: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import tiny
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "diffgemma_ls", *args, "--threads", "1"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_infill_prints_the_completion_only(constant_model_dir: Path) -> None:
+    done = cli("infill", str(DEMO), "--line", "16", "--col", "16", "--model", str(constant_model_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout and set(done.stdout) == {tiny.CONSTANT_TOKEN}
+
+
+def test_infill_exit_codes(constant_model_dir: Path, tmp_path: Path) -> None:
+    outside = cli("infill", str(DEMO), "--line", "99", "--col", "1", "--model", str(constant_model_dir))
+    assert outside.returncode == 2 and "outside the file" in outside.stderr
+    assert cli("infill", "--model", str(constant_model_dir)).returncode == 2
+    missing = cli("infill", str(DEMO), "--line", "1", "--col", "1", "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_infill_jsonl_one_line_per_task_in_order(constant_model_dir: Path) -> None:
+    tasks = "\n".join(
+        [
+            json.dumps({"prefix": "def f(x):\n    return ", "suffix": "\n"}),
+            "not json",
+            json.dumps({"prefix": 1, "suffix": ""}),
+            json.dumps({"prefix": "x = ", "suffix": "\n", "language": "python", "mode": "line"}),
+        ]
+    )
+    done = cli("infill", "--jsonl", "--model", str(constant_model_dir), stdin=tasks)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 4
+    assert "error" in rows[1] and "error" in rows[2]
+    for row in (rows[0], rows[3]):
+        assert set(row) == {
+            "completion",
+            "forward_passes",
+            "tokens_per_forward",
+            "ms",
+            "prefill_ms",
+            "denoise_ms",
+        }
+        assert set(row["completion"]) == {tiny.CONSTANT_TOKEN}
+        assert row["forward_passes"] >= 1 and row["ms"] > 0
+
+
+def test_info_json_reports_what_is_served(random_model_dir: Path) -> None:
+    done = cli("info", "--json", "--model", str(random_model_dir), "--quantize", "4bit")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["quantization"] == "4bit" and info["noise_kind"] == "mask"
+    assert info["quantized_fraction"] > 0.9 and info["footprint_bytes"] > 0
