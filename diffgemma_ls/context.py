@@ -68,9 +68,6 @@ PARSE_SECONDS = 0.05
 CLOSING_CHARS = frozenset(")]}\"'`;:,")
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-# A lone UTF-16 surrogate (JSON may carry "\ud800") is no text a tokenizer can encode: each becomes
-# U+FFFD in the window, one character for one, so every offset into the window stays valid.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORD_CHAR = re.compile(r"\w")
 _COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
 _STRINGS = frozenset(
@@ -168,7 +165,7 @@ class _Window:
         else:
             hi_start = _line_start(text, hi)
             end = _previous_line_end(text, hi_start) if hi_start > line_end else line_end
-        window = _SURROGATE.sub("\ufffd", text[start:end])
+        window = text[start:end]
         breaks = list(_LINE_BREAK.finditer(window))
         starts = [0] + [m.end() for m in breaks]
         ends = [m.start() for m in breaks] + [len(window)]
