@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STATUS_NOTIFICATION = "diffgemma/status"
 DEBUG_STATE_REQUEST = "diffgemma/debugState"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ENCODINGS = {
     types.PositionEncodingKind.Utf8: "utf-8",
     types.PositionEncodingKind.Utf16: "utf-16",
@@ -392,6 +394,16 @@ def _run_request(
     return run(engine, request, deadline=deadline, cancelled=cancel.is_set, cache_key=uri)
 
 
+def _valid_text(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate (JSON can carry ``"\\ud800"``) replaced by U+FFFD.
+
+    No tokenizer encodes a lone surrogate: the completion request crashed in the model's tokenizer.
+    U+FFFD has a lone surrogate's width in UTF-8, UTF-16 and UTF-32 alike, so positions stay in step
+    with the client's copy. Only incoming text is scanned: an edit costs its own length, not the file's.
+    """
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 def _client_settings(options: Any) -> Any:
     """initializationOptions may be the section itself or ``{"diffgemma": {...}}``."""
     if isinstance(options, dict) and SECTION in options:
@@ -452,7 +464,7 @@ def create_server(settings: Settings) -> DiffgemmaServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: DiffgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        ls.documents.open(doc.uri, doc.text, doc.language_id, doc.version)
+        ls.documents.open(doc.uri, _valid_text(doc.text), doc.language_id, doc.version)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffgemmaServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -461,10 +473,13 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 r = change.range
                 changes.append(
-                    (((r.start.line, r.start.character), (r.end.line, r.end.character)), change.text)
+                    (
+                        ((r.start.line, r.start.character), (r.end.line, r.end.character)),
+                        _valid_text(change.text),
+                    )
                 )
             else:
-                changes.append((None, change.text))
+                changes.append((None, _valid_text(change.text)))
         try:
             ls.documents.change(params.text_document.uri, params.text_document.version, changes)
         except UnknownDocument:
