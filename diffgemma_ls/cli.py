@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from diffgemma_ls import __version__
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     transport = parser.add_mutually_exclusive_group()
     transport.add_argument("--stdio", action="store_true", help="serve LSP over stdin/stdout (default)")
     transport.add_argument("--tcp", metavar="[HOST:]PORT", help="serve LSP over TCP (host: 127.0.0.1)")
+    parser.add_argument(
+        "--prompt-caches", type=int, help="documents whose encoder cache is kept between requests (0: off)"
+    )
+    parser.add_argument(
+        "--no-typeahead", dest="typeahead", action="store_false", default=None, help="turn typing-ahead off"
+    )
     sub = parser.add_subparsers(dest="command")
 
     infill = sub.add_parser(
@@ -131,7 +138,12 @@ def parse_tcp(value: str) -> tuple[str, int]:
 def serve(args: argparse.Namespace) -> int:
     from diffgemma_ls.server import create_server
 
-    server = create_server(_settings(args))
+    settings = _settings(args)
+    server = create_server(
+        replace(
+            settings, **{k: v for k in ("prompt_caches", "typeahead") if (v := getattr(args, k)) is not None}
+        )
+    )
     if args.tcp:
         try:
             host, port = parse_tcp(args.tcp)

@@ -60,7 +60,7 @@ def load_engine(settings: Settings) -> Engine:
         allow_download=settings.allow_download,
         trust_remote_code=settings.trust_remote_code,
     )
-    return Engine(loaded)
+    return Engine(loaded, prompt_caches=settings.prompt_caches)
 
 
 def decode_options(

@@ -33,6 +33,9 @@ class Settings:
     languages: tuple[str, ...] = ()  # extra languages opted into, beyond the model's own
     threads: int = 0  # 0: default_threads()
     allow_download: bool = False
+    # keystroke caches (CLI only, for measuring each one's effect): encoder caches kept, typing-ahead
+    prompt_caches: int = 8
+    typeahead: bool = True
     trust_remote_code: bool = False
 
     @property

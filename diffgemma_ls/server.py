@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -204,6 +205,7 @@ class DiffgemmaServer(LanguageServer):
         self.settings = settings
         self.documents = DocumentStore()
         self.typeahead = TypeAhead()
+        self.stats: Counter[str] = Counter()  # totals for diffgemma/debugState and the keystroke bench
         self.model_state = ModelState(model=settings.model or "default")
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffgemma-model")
         self._inflight: dict[str, threading.Event] = {}
@@ -341,8 +343,9 @@ class DiffgemmaServer(LanguageServer):
             return None
         text = doc.text  # the snapshot this request answers for, whatever edits arrive meanwhile
         offset = doc.offset_at(position.line, position.character)
-        ahead = self.typeahead.lookup(uri, text, offset)
+        ahead = self.typeahead.lookup(uri, text, offset) if self.settings.typeahead else None
         if ahead is not None:
+            self.stats["typeaheadHits"] += 1
             log.info("completion from the typing-ahead cache, no model call")
             return self._answer(ahead, text, offset, position)
         request = plan(text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
@@ -371,6 +374,13 @@ class DiffgemmaServer(LanguageServer):
         finally:
             if self._inflight.get(uri) is cancel:
                 del self._inflight[uri]
+        result = outcome.result
+        self.stats.update(
+            modelCalls=1,
+            forwardPasses=result.forward_passes,
+            promptTokens=result.prompt_tokens,
+            reusedPromptTokens=result.reused_prompt_tokens,
+        )
         self.model_state.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
         self.send_status()
         log.info("completion %s", outcome.timing_line())
@@ -536,6 +546,7 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             "typeahead": len(ls.typeahead),
             "promptCaches": len(engine._prompt_cache) if engine is not None else 0,
             "modelQueue": ls._model_thread._work_queue.qsize(),
+            **ls.stats,
         }
         uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
         if isinstance(uri, str) and uri in ls.documents:

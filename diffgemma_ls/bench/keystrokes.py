@@ -1,0 +1,242 @@
+"""Keystroke replay: type real files character by character through the LSP, as an editor does.
+
+For each file, a span of characters is cut out at a line start and typed back one character at a
+time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke, at a fixed typing
+interval; a request still pending when the next key arrives is cancelled (``$/cancelRequest``), as
+editors do. Reported per configuration (all caches on, each one off, none):
+
+- time to completion per answered keystroke (p50, p95), and the fraction answered;
+- forward passes per keystroke, typing-ahead hit rate, share of prompt tokens whose encoder KV was
+  reused (from the server's ``diffgemma/debugState`` counters);
+- how often an answer differs from a cold answer on the same document state (no caches, computed
+  in-process with the same model and settings).
+
+``python -m diffgemma_ls.bench.keystrokes --model DIR`` prints a table; ``--json`` writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.client import LanguageClient
+
+CONFIGS: dict[str, list[str]] = {
+    "all caches": [],
+    "no typing-ahead": ["--no-typeahead"],
+    "no prompt cache": ["--prompt-caches", "0"],
+    "no caches": ["--no-typeahead", "--prompt-caches", "0"],
+}
+
+
+@dataclass
+class Answer:
+    text: str  # the document when the request was sent
+    offset: int
+    completion: str
+
+
+@dataclass
+class Replay:
+    keystrokes: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    cancelled: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _position(text: str, offset: int) -> types.Position:
+    """UTF-16 position of ``offset`` (the client negotiates UTF-16)."""
+    line = text.count("\n", 0, offset)
+    start = text.rfind("\n", 0, offset) + 1
+    return types.Position(line, len(text[start:offset].encode("utf-16-le")) // 2)
+
+
+def spans(texts: list[str], chars: int) -> list[tuple[str, int, str]]:
+    """(document text without the span, cursor offset, span to type) from the middle of each text."""
+    out = []
+    for text in texts:
+        lines = text.splitlines(keepends=True)
+        start = sum(len(x) for x in lines[: len(lines) // 2])
+        span = text[start : start + chars]
+        out.append((text[:start] + text[start + len(span) :], start, span))
+    return out
+
+
+async def replay(
+    model: str, server_args: list[str], work: list[tuple[str, int, str]], interval_s: float
+) -> Replay:
+    client = LanguageClient("diffgemma-keystrokes", "0")
+    ready = asyncio.Event()
+
+    @client.feature("diffgemma/status")
+    def _status(params: Any) -> None:
+        if getattr(params, "state", None) == "ready":
+            ready.set()
+
+    await client.start_io(
+        sys.executable, "-m", "diffgemma_ls", "--stdio", "--model", model, "--threads", "1", *server_args
+    )
+    caps = types.ClientCapabilities(
+        text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities()
+        )
+    )
+    await client.initialize_async(types.InitializeParams(capabilities=caps))
+    client.initialized(types.InitializedParams())
+    await asyncio.wait_for(ready.wait(), 300)
+    result = Replay()
+    for n, (text, cursor, span) in enumerate(work):
+        uri = f"file:///replay/file{n}.py"
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 0, text))
+        )
+        pending: asyncio.Task | None = None
+        for i, char in enumerate(span):
+            position = _position(text, cursor)
+            client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    types.VersionedTextDocumentIdentifier(version=i + 1, uri=uri),
+                    [types.TextDocumentContentChangePartial(types.Range(position, position), char)],
+                )
+            )
+            text, cursor = text[:cursor] + char + text[cursor:], cursor + 1
+            if pending is not None and not pending.done():
+                pending.cancel()  # _request sends $/cancelRequest for it
+            pending = asyncio.ensure_future(_request(client, uri, text, cursor, result))
+            result.keystrokes += 1
+            await asyncio.sleep(interval_s)
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+        client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+    result.stats = _plain(await client.protocol.send_request_async("diffgemma/debugState", {}))
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    return result
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """pygls answers custom requests with namedtuples."""
+    return obj if isinstance(obj, dict) else obj._asdict()
+
+
+async def _request(client: LanguageClient, uri: str, text: str, cursor: int, result: Replay) -> None:
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri),
+        position=_position(text, cursor),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+    started = time.perf_counter()
+    msg_id = f"key-{result.keystrokes}-{uri}"
+    future = client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # a cancelled answer is expected
+    try:
+        answer = await asyncio.shield(future)
+    except asyncio.CancelledError:  # the next keystroke came first
+        client.cancel_request(types.CancelParams(id=msg_id))
+        result.cancelled += 1
+        return
+    except JsonRpcException:
+        result.cancelled += 1
+        return
+    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+    items = answer.items if answer is not None else []
+    result.answers.append(Answer(text, cursor, items[0].insert_text if items else ""))
+
+
+def cold_agreement(model: str, answers: list[Answer], limit: int) -> tuple[int, int]:
+    """(answers equal to a cold answer on the same state, answers compared)."""
+    from diffgemma_ls.completion import load_engine, plan, run
+    from diffgemma_ls.config import Settings
+
+    settings = Settings(model=model, threads=1, prompt_caches=0)
+    engine = load_engine(settings)
+    same = compared = 0
+    for answer in answers[:limit]:
+        request = plan(answer.text, answer.offset, "python", settings, engine)
+        cold = run(engine, request) if request is not None else None
+        cold_text = cold.completion.text if cold is not None and cold.completion is not None else ""
+        same += cold_text == answer.completion
+        compared += 1
+    return same, compared
+
+
+def summarize(name: str, replay_: Replay, agreement: tuple[int, int]) -> dict[str, Any]:
+    s = replay_.stats
+    keys = max(1, replay_.keystrokes)
+    return {
+        "config": name,
+        "keystrokes": replay_.keystrokes,
+        "answered": len(replay_.latencies_ms) / keys,
+        "p50_ms": _percentile(replay_.latencies_ms, 0.5),
+        "p95_ms": _percentile(replay_.latencies_ms, 0.95),
+        "passes_per_key": s.get("forwardPasses", 0) / keys,
+        "typeahead_hit_rate": s.get("typeaheadHits", 0) / keys,
+        "prompt_reuse": s.get("reusedPromptTokens", 0) / max(1, s.get("promptTokens", 0)),
+        "same_as_cold": agreement[0] / agreement[1] if agreement[1] else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--files", nargs="+", type=Path, help="files to type (default: 3 held-out files)")
+    parser.add_argument("--chars", type=int, default=40, help="characters typed per file")
+    parser.add_argument("--interval-ms", type=float, default=100.0, help="time between keystrokes")
+    parser.add_argument("--agreement-sample", type=int, default=20, help="answers compared with cold ones")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args(argv)
+    texts = [p.read_text(encoding="utf-8") for p in args.files] if args.files else _default_texts()
+    work = spans(texts, args.chars)
+    rows = []
+    for name, server_args in CONFIGS.items():
+        result = asyncio.run(replay(args.model, server_args, work, args.interval_ms / 1000))
+        rows.append(
+            summarize(name, result, cold_agreement(args.model, result.answers, args.agreement_sample))
+        )
+    print(f"{len(work)} files, {args.chars} characters each, one key every {args.interval_ms:.0f} ms\n")
+    header = ["config", "keys", "answered", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
+    print("| " + " | ".join([*header, "prompt KV reused", "same as cold"]) + " |")
+    print("| :-- |" + " --: |" * (len(header) + 1))
+    for r in rows:
+        cells = [
+            r["config"],
+            str(r["keystrokes"]),
+            f"{r['answered']:.0%}",
+            f"{r['p50_ms']:.0f}",
+            f"{r['p95_ms']:.0f}",
+            f"{r['passes_per_key']:.2f}",
+            f"{r['typeahead_hit_rate']:.0%}",
+            f"{r['prompt_reuse']:.0%}",
+            f"{r['same_as_cold']:.0%}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _default_texts() -> list[str]:
+    from diffgemma_ls.bench.tasks import heldout_files
+
+    return list(heldout_files().texts.values())[:3]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
