@@ -5,8 +5,9 @@ CLI; here ``--decode`` and ``--quantize`` become comma lists, since the bench's 
 modes and quantizations side by side on the same tasks in one run.
 
 Subsampling: ``--quick`` takes the first ``QUICK_LIMIT`` tasks of each suite (fixed order, see
-``tasks``), two swept entropy bounds and three LSP requests; the full bench takes the first
-``FULL_LIMIT`` of each suite. ``--limit`` overrides either.
+``tasks``), no entropy-bound sweep and no LSP client; the full bench takes the first
+``FULL_LIMIT`` of each suite, sweeps ``FULL_SWEEP`` and sends ``FULL_LSP`` LSP requests. Flags
+override either.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from diffgemma_ls.config import Settings
 from diffgemma_ls.engine.loader import QUANTIZE_MODES
 from diffgemma_ls.engine.sampling import DECODE_MODES
 
-QUICK_LIMIT, FULL_LIMIT = 4, 40
-QUICK_SWEEP, FULL_SWEEP = "0.3,3", "0.03,0.1,0.3,1,3"
-QUICK_LSP, FULL_LSP = 3, 20
+QUICK_LIMIT, FULL_LIMIT = 2, 30
+FULL_SWEEP = "0.1,0.3,1,3,10"  # --quick sweeps nothing: the frontier shows the three modes only
+QUICK_LSP, FULL_LSP = 0, 20  # the LSP server loads the model again: ~15 s that --quick cannot spare
 
 
 def _comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
@@ -94,7 +95,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-bounds",
         type=_floats,
         help=f"entropy bounds swept with adaptive decoding for the frontier plot (default: {FULL_SWEEP}; "
-        f"--quick: {QUICK_SWEEP})",
+        "--quick: none)",
     )
     parser.add_argument(
         "--lsp-requests",
@@ -121,7 +122,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         modes=args.decode,
         steps=args.steps,
         entropy_bound=args.entropy_bound,
-        sweep_bounds=args.sweep_bounds or _floats(QUICK_SWEEP if args.quick else FULL_SWEEP),
+        sweep_bounds=args.sweep_bounds or (() if args.quick else _floats(FULL_SWEEP)),
         suites=args.suites,
         limit=args.limit or (QUICK_LIMIT if args.quick else FULL_LIMIT),
         lsp_requests=args.lsp_requests

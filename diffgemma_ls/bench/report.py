@@ -28,6 +28,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("denoise_p50_ms", "denoise ms", ".0f"),
     ("cold_ms", "cold ms", ".0f"),
     ("peak_rss_mb", "peak RSS MB", ".0f"),
+    ("rss_mb", "RSS MB", ".0f"),
     ("quantized_fraction", "quantized", "%"),
     ("footprint_mb", "weights MB", ".1f"),
     ("agreement_vs_none", "agree", "%"),
@@ -153,6 +154,7 @@ def frontier_png(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, PercentFormatter, ScalarFormatter
 
     rows = [r for r in result["rows"] if r["quantize"] != "-"]
     baseline = next((r for r in result["rows"] if r["quantize"] == "-"), None)
@@ -160,7 +162,8 @@ def frontier_png(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     markers = {"adaptive": "o", "fixed": "s", "sequential": "^"}
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for quantize in dict.fromkeys(r["quantize"] for r in rows):
+        for index, quantize in enumerate(dict.fromkeys(r["quantize"] for r in rows)):
+            color = f"C{index}"  # one color per quantization, one marker per mode
             mine = [r for r in rows if r["quantize"] == quantize]
             sweep = sorted((r for r in mine if "@" in r["decode"]), key=lambda r: r["forward_passes"])
             if sweep:
@@ -179,14 +182,22 @@ def frontier_png(result: dict[str, Any], path: Path) -> None:
                         r["forward_passes"],
                         r[key],
                         markers[r["decode"]],
+                        color=color,
                         markersize=8,
                         label=f"{r['decode']} [{quantize}]",
                     )
         if baseline is not None and not _is_nan(baseline.get(key)):
             ax.axhline(baseline[key], linestyle=":", color="black", label="nearest-line baseline")
+        passes = [r["forward_passes"] for r in rows if r["forward_passes"] > 0]
+        if passes and max(passes) > 4 * min(passes):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        values = [r[key] for r in [*rows, baseline or {}] if not _is_nan(r.get(key))]
+        ax.set_ylim(0, min(1.0, max([*values, 0.04]) * 1.2))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_xlabel("forward passes per request (mean)")
         ax.set_ylabel(label)
-        ax.set_xscale("log")
         ax.grid(True, alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(f"speed/quality frontier: {Path(str(result['meta']['model'])).name}")

@@ -194,6 +194,7 @@ def run_bench_plan(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
                 cold_ms=worker["cold"]["e2e_ms"],
                 load_ms=worker["load_ms"],
                 peak_rss_mb=worker["peak_rss_mb"],
+                rss_mb=worker["rss_mb"],
                 quantized_fraction=worker["report"]["quantized_fraction"],
                 footprint_mb=worker["report"]["footprint_bytes"] / 2**20,
                 agreement_vs_none=(
@@ -214,6 +215,7 @@ def run_bench_plan(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
             "modes": list(plan.modes),
             "steps": plan.steps,
             "entropy_bound": plan.entropy_bound,
+            "default_entropy_bound": next(iter(workers.values()))["default_entropy_bound"],
             "sweep_bounds": list(plan.sweep_bounds),
             "limit_per_suite": plan.limit,
             "threads": next(iter(workers.values()))["threads"],

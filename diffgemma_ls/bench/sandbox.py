@@ -111,7 +111,7 @@ def run_python(source: str, limits: Limits | None = None) -> SandboxResult:
     limits = limits or Limits()
     with tempfile.TemporaryDirectory(prefix="diffgemma-bench-") as work:
         program = os.path.join(work, "program.py")
-        with open(program, "w", encoding="utf-8") as fh:
+        with open(program, "w", encoding="utf-8", errors="replace") as fh:  # lone surrogates: "?"
             fh.write(_PRELUDE + "\n" + source)
         command = [*(_unshare_prefix() or ()), sys.executable, "-I", "-S", program]
         started = time.monotonic()

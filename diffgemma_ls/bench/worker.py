@@ -7,7 +7,8 @@ share an address space with the unquantized ones they are compared with.
 
 SPEC is JSON: ``settings`` (``Settings`` fields), ``tasks`` (``task_id``, ``prefix``, ``suffix``,
 ``language``, ``mode``) and ``configs`` (``name``, ``decode``, ``steps``, ``entropy_bound``). The
-first task is completed once before anything is recorded and timed as the cold request. OUT gets
+first task is completed once before anything is recorded and timed as the cold request. Configs
+are interleaved task by task, so no config alone pays for warm-up or for a busy minute. OUT gets
 JSON: the model report, load time, cold request, peak RSS and one record per (config, task).
 """
 
@@ -73,6 +74,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _rss_mb() -> float:
+    """Resident now: after quantization the full-precision load peak is gone, and this shows it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def generate(spec: dict[str, Any], progress=None) -> dict[str, Any]:
     """Load the model, time the cold request, then complete every task with every config."""
     import torch
@@ -97,13 +110,15 @@ def generate(spec: dict[str, Any], progress=None) -> dict[str, Any]:
     tasks = spec["tasks"]
     cold = _request(engine, settings, tasks[0], configs[0])
     records = []
-    for config in configs:
-        config_started = time.perf_counter()
-        records.extend(_request(engine, settings, task, config) for task in tasks)
-        if progress:
+    started = time.perf_counter()
+    report_every = max(1, len(tasks) // 5)
+    for done, task in enumerate(tasks, start=1):
+        # every config on a task before the next task: warm-up and load drift hit all configs alike
+        records.extend(_request(engine, settings, task, config) for config in configs)
+        if progress and (done % report_every == 0 or done == len(tasks)):
             progress(
-                f"[{settings.quantize}] {config.name}: {len(tasks)} tasks in "
-                f"{time.perf_counter() - config_started:.1f} s"
+                f"[{settings.quantize}] {done}/{len(tasks)} tasks x {len(configs)} configs, "
+                f"{time.perf_counter() - started:.0f} s"
             )
     return {
         "quantize": settings.quantize,
@@ -113,7 +128,9 @@ def generate(spec: dict[str, Any], progress=None) -> dict[str, Any]:
         "load_ms": load_ms,
         "rss_after_load_mb": rss_loaded,
         "peak_rss_mb": _peak_rss_mb(),
+        "rss_mb": _rss_mb(),
         "threads": torch.get_num_threads(),
+        "default_entropy_bound": engine.default_entropy_bound,
         "cold": cold,
         "records": records,
     }
