@@ -21,6 +21,8 @@ from diffgemma_ls.postprocess import Completion, postprocess
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
 BLOCK_CANVASES = 3
+# A fill may be longer than a block; its length is the model's (EOS ends it), this only caps it.
+FILL_CANVASES = 6
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,18 @@ def plan(
         context = dataclasses.replace(context, mode="line")
     options = decode_options(context.mode, settings, decode, steps, entropy_bound)
     return CompletionRequest(context, options, (time.perf_counter() - started) * 1000)
+
+
+def plan_fill(
+    text: str, start: int, end: int, language_id: str, settings: Settings, engine: Engine, *, uri: str = ""
+) -> CompletionRequest:
+    """A fill regenerates ``text[start:end]``: the model sees the document without it, cursor at ``start``."""
+    request = plan(
+        text[:start] + text[end:], start, language_id, settings, engine, invoked=True, mode="block", uri=uri
+    )
+    assert request is not None  # invoked=True always plans a completion
+    options = dataclasses.replace(request.options, max_canvases=FILL_CANVASES)
+    return dataclasses.replace(request, options=options)
 
 
 def run(

@@ -28,23 +28,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcRequestCancelled
+from pygls.exceptions import (
+    FeatureRequestError,
+    JsonRpcException,
+    JsonRpcInvalidParams,
+    JsonRpcRequestCancelled,
+)
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import JsonRPCProtocol, LanguageServerProtocol, lsp_method
 
 from diffgemma_ls import __version__
-from diffgemma_ls.completion import CompletionRequest, load_engine, plan, run
+from diffgemma_ls.completion import CompletionRequest, Outcome, load_engine, plan, plan_fill, run
 from diffgemma_ls.config import SECTION, Settings, merge_client_settings
 from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError
 from diffgemma_ls.engine.quantize import describe_model
+from diffgemma_ls.fill import fill_target
 from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.typeahead import TypeAhead
 
 log = logging.getLogger(__name__)
 
 STATUS_NOTIFICATION = "diffgemma/status"
+FILL_TITLE = "Fill with DiffusionGemma"
+FILL_COMMAND = "diffgemma.fill"
+FILL_KEY = "#fill"  # in-flight key suffix: a fill and an inline completion of one document coexist
+FILL_BUDGET_FACTOR = 5  # a fill may take several canvases: this many latency budgets
 DEBUG_STATE_REQUEST = "diffgemma/debugState"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ENCODINGS = {
@@ -351,16 +361,31 @@ class DiffgemmaServer(LanguageServer):
         request = plan(text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
         if request is None:
             return None
-        previous = self._inflight.get(uri)
+        outcome = await self._run_model(uri, request, started + self.settings.latency_budget_ms / 1000)
+        if outcome is None:
+            return None
+        self.model_state.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
+        self.send_status()
+        if outcome.completion is None:
+            return None
+        self.typeahead.remember(uri, text, offset, outcome.completion)
+        return self._answer(outcome.completion, text, offset, position)
+
+    async def _run_model(self, key: str, request: CompletionRequest, deadline: float) -> Outcome | None:
+        """Run one request on the model thread; a newer one with the same key supersedes it.
+
+        Raises RequestCancelled when superseded or cancelled; ``None`` when the run crashed (the
+        user is told once).
+        """
+        previous = self._inflight.get(key)
         if previous is not None:
-            previous.set()  # a newer request supersedes it
+            previous.set()
         cancel = threading.Event()
-        self._inflight[uri] = cancel
-        deadline = started + self.settings.latency_budget_ms / 1000
+        self._inflight[key] = cancel
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(
-                self._model_thread, _run_request, state.engine, request, deadline, cancel, uri
+                self._model_thread, _run_request, self.model_state.engine, request, deadline, cancel, key
             )
         except asyncio.CancelledError:
             cancel.set()
@@ -372,8 +397,8 @@ class DiffgemmaServer(LanguageServer):
             self.tell_once(f"completion failed: {type(exc).__name__}: {exc}")
             return None
         finally:
-            if self._inflight.get(uri) is cancel:
-                del self._inflight[uri]
+            if self._inflight.get(key) is cancel:
+                del self._inflight[key]
         result = outcome.result
         self.stats.update(
             modelCalls=1,
@@ -381,13 +406,31 @@ class DiffgemmaServer(LanguageServer):
             promptTokens=result.prompt_tokens,
             reusedPromptTokens=result.reused_prompt_tokens,
         )
-        self.model_state.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
-        self.send_status()
-        log.info("completion %s", outcome.timing_line())
-        if outcome.completion is None:
+        log.info("%s %s", "fill" if key.endswith(FILL_KEY) else "completion", outcome.timing_line())
+        return outcome
+
+    async def fill(self, uri: str, start: int, end: int) -> types.WorkspaceEdit | None:
+        """Regenerate ``[start, end)`` of a document; ``None`` when nothing useful came (no change)."""
+        state = self.model_state
+        if state.state != "ready" or state.engine is None or uri not in self.documents:
             return None
-        self.typeahead.remember(uri, text, offset, outcome.completion)
-        return self._answer(outcome.completion, text, offset, position)
+        doc = self.documents.get(uri)
+        if not self.language_enabled(doc.language_id):
+            return None
+        text, version = doc.text, doc.version
+        request = plan_fill(text, start, end, doc.language_id, self.settings, state.engine, uri=uri)
+        budget = FILL_BUDGET_FACTOR * self.settings.latency_budget_ms / 1000
+        outcome = await self._run_model(uri + FILL_KEY, request, time.monotonic() + budget)
+        if outcome is None or outcome.completion is None or outcome.completion.text == text[start:end]:
+            return None
+        if uri not in self.documents or self.documents.get(uri).version != version:
+            return None  # edited meanwhile: the range no longer means what it meant
+        edit_range = types.Range(
+            types.Position(*doc.position_at(start)), types.Position(*doc.position_at(end))
+        )
+        return types.WorkspaceEdit(
+            changes={uri: [types.TextEdit(range=edit_range, new_text=outcome.completion.text)]}
+        )
 
     def _answer(
         self, completion: Completion, text: str, offset: int, position: types.Position
@@ -533,6 +576,65 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             insert_text_format=types.InsertTextFormat.PlainText,
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(
+            code_action_kinds=[types.CodeActionKind.RefactorRewrite], resolve_provider=True
+        ),
+    )
+    def code_action(ls: DiffgemmaServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+        """Offered on every cursor move, so it only looks (tree-sitter); resolve runs the model."""
+        uri = params.text_document.uri
+        if ls.model_state.state != "ready" or uri not in ls.documents:
+            return []
+        doc = ls.documents.get(uri)
+        if not ls.language_enabled(doc.language_id):
+            return []
+        start = doc.offset_at(params.range.start.line, params.range.start.character)
+        end = doc.offset_at(params.range.end.line, params.range.end.character)
+        if start == end:
+            span = fill_target(doc.text, start, doc.language_id, uri)
+            if span is None:
+                return []
+            start, end = span
+        data = {"uri": uri, "start": start, "end": end, "version": doc.version}
+        return [types.CodeAction(title=FILL_TITLE, kind=types.CodeActionKind.RefactorRewrite, data=data)]
+
+    @server.feature(types.CODE_ACTION_RESOLVE)
+    async def resolve_code_action(ls: DiffgemmaServer, action: types.CodeAction) -> types.CodeAction:
+        data = action.data if isinstance(action.data, dict) else {}
+        uri = data.get("uri")
+        if (
+            isinstance(uri, str)
+            and uri in ls.documents
+            and ls.documents.get(uri).version == data.get("version")
+            and isinstance(data.get("start"), int)
+            and isinstance(data.get("end"), int)
+        ):
+            action.edit = await ls.fill(uri, data["start"], data["end"])
+        return action
+
+    @server.command(FILL_COMMAND)
+    async def fill_command(ls: DiffgemmaServer, uri: str, rng: types.Range) -> dict[str, bool]:
+        """``diffgemma.fill(uri, range)``: fill the range and apply the edit through the client.
+
+        An empty range fills the empty body or TODO line at that position, as the code action does.
+        """
+        if uri not in ls.documents:
+            raise JsonRpcInvalidParams(f"diffgemma.fill: {uri} is not open")
+        doc = ls.documents.get(uri)
+        start = doc.offset_at(rng.start.line, rng.start.character)
+        end = doc.offset_at(rng.end.line, rng.end.character)
+        if start == end and (span := fill_target(doc.text, start, doc.language_id, uri)) is not None:
+            start, end = span
+        edit = await ls.fill(uri, start, end)
+        if edit is None:
+            return {"applied": False}
+        result = await ls.workspace_apply_edit_async(
+            types.ApplyWorkspaceEditParams(edit=edit, label=FILL_TITLE)
+        )
+        return {"applied": bool(result and result.applied)}
 
     @server.feature(DEBUG_STATE_REQUEST)
     def debug_state(ls: DiffgemmaServer, params: Any) -> dict[str, Any]:

@@ -279,3 +279,41 @@ async def test_utf8_position_encoding_ranges(constant_model_dir: Path) -> None:
         utf8_col = len("    s = '🎉世界' + ".encode())
         answer = await s.inline(types.Position(1, utf8_col))
         assert answer.items and answer.items[0].range.start == types.Position(1, utf8_col)
+
+
+async def test_fill_code_action_and_command(session: Session) -> None:
+    await session.wait_for_state("ready")
+    text = "def f(x):\n    pass\n\n\nprint(f(1))\n"
+    session.open(text)
+    pass_range = types.Range(types.Position(1, 4), types.Position(1, 8))
+    context = types.CodeActionContext(diagnostics=[])
+    doc = types.TextDocumentIdentifier(URI)
+    none_here = await session.client.text_document_code_action_async(
+        types.CodeActionParams(doc, types.Range(types.Position(4, 3), types.Position(4, 3)), context)
+    )
+    assert not none_here  # not an empty body, nothing selected: no lightbulb
+    actions = await session.client.text_document_code_action_async(
+        types.CodeActionParams(doc, types.Range(types.Position(1, 5), types.Position(1, 5)), context)
+    )
+    assert len(actions) == 1 and actions[0].kind == types.CodeActionKind.RefactorRewrite
+    assert actions[0].edit is None  # the model runs in resolve, not for the lightbulb
+    resolved = await session.client.code_action_resolve_async(actions[0])
+    (edit,) = resolved.edit.changes[URI]
+    assert edit.range == pass_range
+    assert set(edit.new_text) == {"x"}
+
+    applied: list[types.ApplyWorkspaceEditParams] = []
+
+    @session.client.feature(types.WORKSPACE_APPLY_EDIT)
+    def apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+        applied.append(params)
+        return types.ApplyWorkspaceEditResult(applied=True)
+
+    result = await session.client.workspace_execute_command_async(
+        types.ExecuteCommandParams(
+            "diffgemma.fill",
+            [URI, {"start": {"line": 1, "character": 5}, "end": {"line": 1, "character": 5}}],
+        )
+    )
+    assert result.applied if hasattr(result, "applied") else result["applied"]
+    assert applied and applied[0].edit.changes[URI][0].range == pass_range

@@ -1,0 +1,94 @@
+"""Which region a "Fill with DiffusionGemma" at the cursor regenerates, when nothing is selected.
+
+Pure (tree-sitter only). Offered cheaply on every cursor move, so it parses a bounded window and
+never calls the model. Targets, innermost first:
+
+- the body of the function at the cursor when it is empty: only ``pass`` / ``...`` (after an
+  optional docstring) in Python, ``{}`` or comments only in braces languages;
+- a line whose comment says ``TODO`` (the whole line's code is replaced).
+"""
+
+from __future__ import annotations
+
+import re
+
+from tree_sitter import Node
+
+from diffgemma_ls.languages import get_parser, grammar_name
+
+WINDOW_CHARS = 200_000  # a fill target is local; a huge file is parsed around the cursor only
+_FUNCTIONS = frozenset(
+    {
+        "function_definition",  # Python
+        "function_declaration",  # JS, TS, Go
+        "method_definition",  # JS, TS
+        "method_declaration",  # Go
+        "arrow_function",
+        "function_item",  # Rust
+    }
+)
+_PLACEHOLDERS = frozenset({"pass_statement", "ellipsis", "comment", "line_comment", "block_comment"})
+_TODO = re.compile(r"(#|//|/\*).*\bTODO\b")
+
+
+def _window(text: str, offset: int) -> tuple[int, str]:
+    start = max(0, text.rfind("\n", 0, max(0, offset - WINDOW_CHARS // 2)) + 1)
+    end = text.find("\n", min(len(text), offset + WINDOW_CHARS // 2))
+    return start, text[start : len(text) if end < 0 else end]
+
+
+def _is_placeholder(node: Node) -> bool:
+    if node.type in _PLACEHOLDERS:
+        return True
+    if node.type == "expression_statement" and node.named_child_count == 1:
+        child = node.named_children[0]
+        return child.type == "ellipsis" or (child.type == "string" and node.prev_named_sibling is None)
+    return False
+
+
+def _empty_body(function: Node) -> tuple[int, int] | None:
+    """Byte span of an empty body's placeholder statements (Python) or of the inside of ``{}``."""
+    body = function.child_by_field_name("body")
+    if body is None:
+        return None
+    statements = body.named_children
+    if not all(_is_placeholder(s) for s in statements):
+        return None
+    if body.type == "block" and function.type == "function_definition":  # Python: keep a docstring
+        code = [
+            s
+            for s in statements
+            if not (s.type == "expression_statement" and s.named_children[0].type == "string")
+        ]
+        if not code:
+            return None
+        return code[0].start_byte, code[-1].end_byte
+    if body.child_count >= 2 and body.children[0].type == "{":
+        return body.children[0].end_byte, body.children[-1].start_byte
+    return None
+
+
+def fill_target(text: str, offset: int, language_id: str, uri: str = "") -> tuple[int, int] | None:
+    """The (start, end) string offsets a fill at ``offset`` would replace, or None."""
+    base, window = _window(text, offset)
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    grammar = grammar_name(language_id, uri)
+    parser = get_parser(grammar) if grammar else None
+    if parser is not None:
+        data = window.encode("utf-8", "surrogatepass")
+        tree = parser.parse(data)
+        cursor_byte = len(window[: offset - base].encode("utf-8", "surrogatepass"))
+        node: Node | None = tree.root_node.named_descendant_for_byte_range(cursor_byte, cursor_byte)
+        while node is not None and node.type not in _FUNCTIONS:
+            node = node.parent
+        span = _empty_body(node) if node is not None else None
+        if span is not None:
+            start = base + len(data[: span[0]].decode("utf-8", "surrogatepass"))
+            end = base + len(data[: span[1]].decode("utf-8", "surrogatepass"))
+            return start, end
+    if _TODO.search(line):
+        indent = len(line) - len(line.lstrip())
+        return line_start + indent, line_start + len(line.rstrip("\r"))
+    return None

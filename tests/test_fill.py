@@ -1,0 +1,36 @@
+"""Fill targets: empty bodies and TODO lines, found without the model."""
+
+import pytest
+
+from diffgemma_ls.fill import fill_target
+
+
+def target(text: str, language: str = "python") -> str | None:
+    """The text a fill at the █ cursor would replace."""
+    offset = text.index("█")
+    text = text.replace("█", "")
+    span = fill_target(text, offset, language)
+    return None if span is None else text[span[0] : span[1]]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("def f(x):█\n    pass\n", "pass"),
+        ("def f(x):\n    █...\n", "..."),
+        ('def f(x):\n    """Doc."""\n    pa█ss\n\nprint(1)\n', "pass"),
+        ("class A:\n    def m(self):\n        █pass\n", "pass"),
+        ("def f(x):\n    █return x\n", None),
+        ('def f(x):\n    """Only a docstring."""█\n', None),
+        ("x = 1  # TODO█ compute\n", "x = 1  # TODO compute"),
+        ("def f(x):\n    return x█\n", None),
+    ],
+)
+def test_python_targets(text: str, expected: str | None) -> None:
+    assert target(text) == expected
+
+
+def test_braces_languages_fill_inside_empty_braces() -> None:
+    assert target("function f(a) {█}\n", "javascript") == ""
+    assert target("func f() int {\n\t█// nothing yet\n}\n", "go") == "\n\t// nothing yet\n"
+    assert target("fn f() -> u8 {\n    █todo_later();\n}\n", "rust") is None
