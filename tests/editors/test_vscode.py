@@ -197,4 +197,5 @@ def test_ghost_text_in_vscode(code_server: CodeServer, editor_model_dir: Path, t
     assert seen["ghostText"].strip() == expected.strip()
     on_disk = (code_server.workspace / "example.py").read_text()
     assert on_disk == AFTER_TYPING[:offset] + expected + AFTER_TYPING[offset:]
-    assert "completion" in code_server.log.read_text()
+    server_log = code_server.log.read_text()
+    assert "completion" in server_log and "/workspace/evil" not in server_log

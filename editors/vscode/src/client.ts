@@ -4,6 +4,7 @@ import {
   LanguageClient,
   type LanguageClientOptions,
   type ServerOptions,
+  State,
 } from "vscode-languageclient/node";
 import { completionsEnabled, SECTION, serverCommand, serverSettings } from "./settings";
 import type { ServerStatus, StatusItem } from "./status";
@@ -32,5 +33,10 @@ export function createClient(output: vscode.LogOutputChannel, status: StatusItem
   };
   const client = new LanguageClient("diffgemma", "DiffGemma", serverOptions, clientOptions);
   client.onNotification(STATUS_NOTIFICATION, (params: ServerStatus) => status.update(params));
+  client.onDidChangeState(({ newState }) => {
+    if (newState === State.Stopped) {
+      status.update({ state: "error", model: "", lastLatencyMs: null, message: "the server stopped" });
+    }
+  });
   return client;
 }
