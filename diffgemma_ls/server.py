@@ -252,12 +252,17 @@ class DiffgemmaServer(LanguageServer):
             params["message"] = s.message
         self.protocol.notify(STATUS_NOTIFICATION, params)
 
-    def tell_once(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
-        """Show a message to the user once per distinct text (not on every keystroke)."""
+    def tell_once(
+        self, message: str, kind: types.MessageType = types.MessageType.Error, key: str | None = None
+    ) -> None:
+        """Show a message to the user once per ``key`` (default: its text), not on every keystroke.
+
+        Errors whose text varies (shapes, indices, call counts) pass a stable ``key``.
+        """
         log.log(logging.ERROR if kind == types.MessageType.Error else logging.WARNING, message)
-        if message in self._reported_errors:
+        if (key or message) in self._reported_errors:
             return
-        self._reported_errors.add(message)
+        self._reported_errors.add(key or message)
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"diffgemma-ls: {message}"))
 
     # -- settings and model ---------------------------------------------------------------------
@@ -394,7 +399,7 @@ class DiffgemmaServer(LanguageServer):
             raise JsonRpcRequestCancelled("superseded by a newer request or cancelled") from None
         except Exception as exc:  # a crash inside one denoising run fails that request only
             log.exception("completion failed")
-            self.tell_once(f"completion failed: {type(exc).__name__}: {exc}")
+            self.tell_once(f"completion failed: {type(exc).__name__}: {exc}", key=type(exc).__name__)
             return None
         finally:
             if self._inflight.get(key) is cancel:
