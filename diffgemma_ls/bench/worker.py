@@ -8,7 +8,8 @@ share an address space with the unquantized ones they are compared with.
 SPEC is JSON: ``settings`` (``Settings`` fields), ``tasks`` (``task_id``, ``prefix``, ``suffix``,
 ``language``, ``mode``) and ``configs`` (``name``, ``decode``, ``steps``, ``entropy_bound``). The
 first task is completed once before anything is recorded and timed as the cold request. Configs
-are interleaved task by task, so no config alone pays for warm-up or for a busy minute. OUT gets
+are interleaved task by task, so no config alone pays for warm-up or for a busy minute; no request
+passes a ``cache_key``, so none reuses another's encoder cache and every one prefills its prompt. OUT gets
 JSON: the model report, load time, cold request, peak RSS and one record per (config, task).
 """
 
