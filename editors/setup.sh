@@ -72,8 +72,7 @@ vscode_extension() {
     if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
         npm ci --no-audit --no-fund
     fi
-    npx --no-install tsc -p .
-    npx --no-install vsce package --skip-license --allow-missing-repository -o diffgemma.vsix
+    npm run --silent package # vsce, after `vscode:prepublish` (tsc)
 }
 
 neovim() {
