@@ -6,6 +6,7 @@ The browser side is tests/editors/vscode_driver.cjs (playwright-core); editors/s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,15 +139,20 @@ def code_server(tmp_path: Path, editor_model_dir: Path) -> Iterator[CodeServer]:
         _wait_until_serving(url, process)
         yield CodeServer(url, workspace, server_log)
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(timeout=wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        _stop_group(process)
         if server_log.exists():
             print("--- server log (tail) ---\n" + "\n".join(server_log.read_text().splitlines()[-30:]))
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """TERM, then KILL what is left of the group (the extension host and the language server)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen[bytes]) -> None:
