@@ -39,8 +39,8 @@ from diffgemma_ls.engine.infill import DecodeOptions, Engine
 from diffgemma_ls.engine.loader import load_model
 from diffgemma_ls.engine.sampling import DECODE_MODES
 from model.arch import build_model
-from model.data import InfillSampler, load_texts, make_batch
-from model.train import WORK, evaluate
+from model.data import InfillSampler, load_texts
+from model.train import WORK, evaluate, heldout_batches
 
 RULES = ("l2r", "entropy", "entropy_eos")
 ENGINE_MODES = tuple(f"engine:{m}" for m in DECODE_MODES)
@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--rules", nargs="+", default=["entropy_eos"], choices=RULES + ENGINE_MODES)
     ap.add_argument("--entropy-bound", type=float, default=0.5)
     ap.add_argument("--n", type=int, default=100, help="held-out line tails to decode")
+    ap.add_argument("--heldout", type=int, default=128, help="held-out examples for masked accuracy")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latency", action="store_true", help="also time prefill and one denoising step")
     args = ap.parse_args()
@@ -200,13 +201,7 @@ def main() -> None:
     tok_path = args.tokenizer or (args.model if args.model.is_dir() else WORK / "tokenizer")
     tok = AutoTokenizer.from_pretrained(tok_path)
     model = load(args.model, tok)
-    val_rng = random.Random(99)  # the same held-out batches train.py evaluates on
-    sampler = InfillSampler(load_texts("val"), tok)
-    examples = [sampler.sample(val_rng) for _ in range(256)]
-    batches = [
-        make_batch(examples[i : i + 16], 32, val_rng, tok.pad_token_id, tok.eos_token_id)
-        for i in range(0, 256, 16)
-    ]
+    batches = heldout_batches(tok, args.heldout)  # the same held-out batches train.py evaluates on
     result = {"model": str(args.model), **evaluate(model, batches, tok.mask_token_id, tok.pad_token_id)}
     if args.latency:
         result["latency"] = {"threads": args.threads, **latency(model)}

@@ -40,7 +40,7 @@ GENERATION = {
     "max_new_tokens": 32,
     "max_denoising_steps": 32,  # a 32-token canvas needs at most one commit per position
     "entropy_bound": 0.5,
-    "t_min": 1.0,
+    "t_min": 0.95,  # ~1: entropies as measured; generate() requires t_min < t_max
     "t_max": 1.0,
     "stability_threshold": 1,
     "confidence_threshold": 0.005,

@@ -135,6 +135,16 @@ def evaluate(model: DiffusionGemmaForBlockDiffusion, batches: list[Batch], mask_
     }
 
 
+def heldout_batches(tok, n: int) -> list[Batch]:
+    """The fixed held-out set: ``n`` examples from held-out files (seeded), canvas 32, full windows."""
+    rng = random.Random(99)
+    sampler = InfillSampler(load_texts("val"), tok)
+    examples = [sampler.sample(rng) for _ in range(n)]
+    return [
+        make_batch(examples[i : i + 16], 32, rng, tok.pad_token_id, tok.eos_token_id) for i in range(0, n, 16)
+    ]
+
+
 def lr_at(frac: float, step: int, args: argparse.Namespace) -> float:
     """Warmup (steps), constant, then linear decay to 10% over the last ``decay_frac`` of the budget."""
     warm = min(1.0, (step + 1) / args.warmup)
@@ -200,7 +210,7 @@ def main() -> None:
     ap.add_argument("--sc-prob", type=float, default=0.5)
     ap.add_argument("--ckpt-minutes", type=float, default=10.0)
     ap.add_argument("--eval-minutes", type=float, default=10.0)
-    ap.add_argument("--eval-examples", type=int, default=256)
+    ap.add_argument("--eval-examples", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -235,14 +245,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M, size {state['size']}, resuming at step {step0}")
 
-    train_sampler = InfillSampler(load_texts("train"), tok)
-    val_rng = random.Random(99)
-    val_sampler = InfillSampler(load_texts("val"), tok)
-    val_examples = [val_sampler.sample(val_rng) for _ in range(args.eval_examples)]
-    val_batches = [
-        make_batch(val_examples[i : i + 16], 32, val_rng, pad_id, eos_id)
-        for i in range(0, len(val_examples), 16)
-    ]
+    train_sampler = InfillSampler(load_texts("train"), tok, vary_window=True)
+    val_batches = heldout_batches(tok, args.eval_examples)
 
     def log(row: dict) -> None:
         with open(log_path, "a") as fh:
