@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -92,12 +93,13 @@ def nvim(tmp_path: Path, editor_model_dir: Path) -> Iterator[Nvim]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "nvim.err").open("wb"),
+        start_new_session=True,  # its own process group, with the language server it starts
     )
     try:
         wait_for(socket.exists, 30, "Neovim's socket")
         yield Nvim(socket, process)
     finally:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         log = tmp_path / "server.log"
         if log.exists():
