@@ -15,14 +15,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import pickle
 import shutil
 import socket
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -158,51 +162,68 @@ def _listening(port: int) -> list[str]:
     return found
 
 
-async def _start_tcp(spec: str, log_file: Path, random_model_dir: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+@dataclass
+class _TcpServers:
+    port: int  # the default server's port
+    default_log: Path
+    public_log: Path
+    processes: list[subprocess.Popen]
+
+
+def _start_tcp(spec: str, log_file: Path, model: Path) -> subprocess.Popen:
+    command = [
         CONSOLE_SCRIPT,
         "--tcp",
         spec,
         "--model",
-        str(random_model_dir),
+        str(model),
         "--threads",
         "1",
         "--log-file",
         str(log_file),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    ]
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env=server_env(),
     )
 
 
-async def _until(check, timeout: float = 120) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.2)
+def _kill_once_warned(process: subprocess.Popen, log_file: Path) -> None:
+    """Stop the server told to listen on every address as soon as it warned: it serves nobody."""
+    while process.poll() is None:
+        if log_file.exists() and "listening on" in log_file.read_text():
+            process.kill()
+        time.sleep(0.1)
 
-    await asyncio.wait_for(poll(), timeout)
+
+@pytest.fixture(scope="module", autouse=True)
+def tcp_servers(random_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_TcpServers]:
+    """Started first, so their imports of torch overlap the module's other tests instead of adding up."""
+    logs = tmp_path_factory.mktemp("tcp")
+    servers = _TcpServers(_free_port(), logs / "default.log", logs / "public.log", [])
+    servers.processes.append(_start_tcp(str(servers.port), servers.default_log, random_model_dir))
+    public = _start_tcp(f"0.0.0.0:{_free_port()}", servers.public_log, random_model_dir)
+    servers.processes.append(public)
+    threading.Thread(target=_kill_once_warned, args=(public, servers.public_log), daemon=True).start()
+    yield servers
+    for process in servers.processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
 
 
-async def test_tcp_binds_loopback_by_default_and_warns_otherwise(
-    random_model_dir: Path, tmp_path: Path
-) -> None:
-    """Both servers start at once (each start imports torch); the public one is stopped once it warned."""
-    port = _free_port()
-    default_log, public_log = tmp_path / "default.log", tmp_path / "public.log"
-    default = await _start_tcp(str(port), default_log, random_model_dir)
-    public = await _start_tcp(f"0.0.0.0:{_free_port()}", public_log, random_model_dir)
-    try:
-        await _until(lambda: _listening(port))
-        assert _listening(port) == ["0100007F"]  # 127.0.0.1, and nothing else
-        await _until(lambda: public_log.exists() and "listening on 0.0.0.0" in public_log.read_text())
-        assert "anyone who can reach this address" in public_log.read_text()
-        assert "listening on" not in default_log.read_text()
-    finally:
-        for process in (default, public):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+def test_tcp_binds_loopback_by_default_and_warns_otherwise(tcp_servers: _TcpServers) -> None:
+    deadline = time.monotonic() + 120
+    while not _listening(tcp_servers.port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _listening(tcp_servers.port) == ["0100007F"]  # 127.0.0.1, and nothing else
+    assert tcp_servers.processes[1].wait(120) is not None
+    public = tcp_servers.public_log.read_text()
+    assert "listening on 0.0.0.0" in public and "anyone who can reach this address" in public
+    assert "listening on" not in tcp_servers.default_log.read_text()
 
 
 @pytest.mark.parametrize("spec", ["0", "127.0.0.1:70000", "host:", ":x"])

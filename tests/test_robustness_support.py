@@ -32,6 +32,7 @@ __test__ = False
 
 # Bounds every wait, so a server that stops answering fails a test instead of hanging the suite.
 TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0
 
 SITECUSTOMIZE = '''
 """Test-only hooks for the diffgemma-ls robustness suite (see tests/test_robustness_support.py)."""
@@ -257,6 +258,7 @@ class RawServer:
             "initialize",
             {"processId": None, "rootUri": None, "capabilities": caps, "initializationOptions": options}
             | params,
+            timeout=STARTUP_TIMEOUT,  # the server imports torch before it reads its first message
         )
         self.notify("initialized", {})
         return answer
@@ -322,7 +324,7 @@ class ServerThread:
         self._thread.start()
         self.server: RawServer | None = None
 
-    def run(self, coroutine: Any, timeout: float = TIMEOUT + 10) -> Any:
+    def run(self, coroutine: Any, timeout: float = STARTUP_TIMEOUT + 10) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def call(self, function: Any, *args: Any) -> Any:
