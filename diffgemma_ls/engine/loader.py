@@ -7,7 +7,6 @@ message says what to do; the server shows it once and stays up.
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +41,11 @@ class LoadedModel:
 
 def default_model_path() -> Path:
     """The shipped default model: package data when installed, ``model/default`` in a source checkout."""
-    try:
-        installed = Path(str(importlib.resources.files("diffgemma_ls.default_model")))
-        if (installed / "config.json").is_file():
-            return installed
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[2] / "model" / "default"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "default_model"
+    if (installed / "config.json").is_file():
+        return installed
+    return package.parent / "model" / "default"
 
 
 def resolve_device(device: str) -> torch.device:
