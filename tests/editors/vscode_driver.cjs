@@ -35,7 +35,9 @@ async function main() {
     await editor.locator(".view-line", { hasText: job.waitForLine }).waitFor({ timeout: job.timeoutMs });
 
     // the status bar says the model is ready (diffgemma/status from the server)
-    const status = page.locator(".statusbar-item", { hasText: job.modelName });
+    // the extension's own item: "<publisher>.<name>.<item id>" (VS Code's progress item names the model too)
+    const item = page.locator('[id="diffgemma.diffgemma.diffgemma.status"]');
+    const status = item.filter({ hasText: job.modelName, hasNotText: "loading" });
     await status.waitFor({ timeout: job.timeoutMs });
 
     // cursor to the end of the line to type on, then type and ask for a suggestion
@@ -56,7 +58,7 @@ async function main() {
     seen.ghostText = (await ghost.allTextContents()).join("\n").replace(/\u00a0/g, " ");
     // after a completion the status bar adds the server's last latency
     await status.filter({ hasText: " ms" }).waitFor({ timeout: job.timeoutMs });
-    seen.statusBar = (await status.first().textContent()).trim();
+    seen.statusBar = (await status.textContent()).trim();
     await page.screenshot({ path: job.screenshot });
 
     await page.keyboard.press("Tab");
