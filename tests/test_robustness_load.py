@@ -170,6 +170,7 @@ def test_storm_of_edits_completions_and_cancellations(served: ServerThread) -> N
     versions = dict.fromkeys(uris, 1)
     requests: list[Any] = []
     cancelled: set[Any] = set()
+    edited: list[int] = []
 
     async def storm() -> None:  # on the server's loop: send everything without waiting for anything
         for _ in range(STORM_OPERATIONS):
@@ -182,6 +183,7 @@ def test_storm_of_edits_completions_and_cancellations(served: ServerThread) -> N
                 text = rng.choice(["x", "(", ")", "\n    ", "os.path", "", "🎉", "\n"])
                 end = (line, col + rng.choice([0, 0, 1, 3]))
                 change = _change(doc, (line, col, *end, text))
+                edited.append(1)
                 versions[uri] += 1
                 server.notify(
                     "textDocument/didChange",
@@ -199,15 +201,16 @@ def test_storm_of_edits_completions_and_cancellations(served: ServerThread) -> N
     for msg_id in requests:
         answer = served.run(server.response(msg_id, timeout=120))
         assert "result" in answer or answer["error"]["code"] == REQUEST_CANCELLED, answer
-    REPLAYED.append(STORM_OPERATIONS)
+    REPLAYED.append(len(edited))
     state = served.run(server.debug_state())
     assert state["inflight"] == 0 and state["pendingFutures"] == 0 and state["modelQueue"] == 0, state
     assert state["promptCaches"] <= PROMPT_CACHES and state["typeahead"] <= TypeAhead().max_documents, state
     for uri, doc in docs.items():
         assert served.run(server.debug_state(uri))["textSha256"] == _sha(doc.text), uri
     answered = sum("result" in server.responses[i] for i in requests)
+    superseded = len(requests) - answered
     print(
-        f"robustness: storm of {STORM_OPERATIONS} operations, {len(requests)} completion requests "
-        f"({answered} answered, {len(requests) - answered} cancelled or superseded, {len(cancelled)} "
-        f"$/cancelRequest), {sum(REPLAYED)} edits and operations replayed in this module"
+        f"robustness: storm of {STORM_OPERATIONS} operations: {len(edited)} edits, {len(requests)} "
+        f"completions ({answered} answered, {superseded} cancelled or superseded), {len(cancelled)} "
+        f"$/cancelRequest; {sum(REPLAYED)} edits replayed in this module"
     )

@@ -106,6 +106,29 @@ def test_too_short_content_length_loses_only_that_message(fuzz: ServerThread) ->
     assert "short" not in server.responses
 
 
+def test_absurd_content_length_is_not_waited_for(fuzz: ServerThread) -> None:
+    """A header announcing a terabyte: pygls tried to allocate it (MemoryError ended the server)."""
+    server = fuzz.server
+    assert server is not None
+    body = encode({"jsonrpc": "2.0", "id": "huge", "method": "textDocument/inlineCompletion"})
+    fuzz.call(server.send_bytes, frame(body, 10**12))
+    still_works(fuzz)
+    assert "huge" not in server.responses
+
+
+def test_too_long_content_length_costs_one_more_message(fuzz: ServerThread) -> None:
+    """The body swallows the next message's start: both are lost (-32700), the one after works."""
+    server = fuzz.server
+    assert server is not None
+    before = len(server.null_id_errors)
+    body = encode({"jsonrpc": "2.0", "method": "$/noop"})
+    fuzz.call(
+        server.send_bytes, frame(body, len(body) + 10) + frame(encode({"jsonrpc": "2.0", "method": "$/x"}))
+    )
+    still_works(fuzz)
+    assert [error_code(e) for e in server.null_id_errors[before:]] == [PARSE_ERROR]
+
+
 @pytest.mark.parametrize(
     "message",
     [
