@@ -131,7 +131,7 @@ def _change(doc: Document, edit: tuple[int, int, int, int, str]) -> dict[str, An
     }
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(edits=edits, batch=st.booleans())
 def test_generated_edits_keep_the_server_in_sync(
     served: ServerThread, edits: list[tuple[int, int, int, int, str]], batch: bool

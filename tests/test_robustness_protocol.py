@@ -26,7 +26,7 @@ SERVER_NOT_INITIALIZED, REQUEST_CANCELLED = -32002, -32800
 # What a request may be answered with when its content is nonsense: never an internal error.
 CLIENT_ERRORS = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, REQUEST_CANCELLED}
 FUZZ_SETTINGS = settings(
-    max_examples=60,
+    max_examples=200,
     deadline=None,
     derandomize=True,  # the same messages every run: a failure is reproducible and the figures fixed
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
