@@ -71,7 +71,9 @@ if _open_log and _watch:
     def _audit(event, args):
         if event == "open" and isinstance(args[0], (str, bytes)) and args[0] != _open_log:
             path = os.fsdecode(args[0])
-            if os.path.realpath(path).startswith(_watch):
+            # an existing file only: import machinery probes relative sys.path entries (an editable
+            # install's "__editable__...__path_hook__") against the working directory, reading nothing
+            if os.path.realpath(path).startswith(_watch) and os.path.exists(path):
                 with open(_open_log, "a") as f:
                     f.write(path + "\\n")
 
