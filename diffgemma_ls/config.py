@@ -25,7 +25,7 @@ class Settings:
     """What the server serves and how. Field names are the CLI's; ``CLIENT_KEYS`` maps the client's."""
 
     model: str | None = None  # None: the shipped default model
-    quantize: str = "none"
+    quantize: str = "auto"  # 4bit on CUDA, none elsewhere
     device: str = "auto"
     canvas_length: int = 32
     max_steps: int = 16
