@@ -39,7 +39,11 @@ def _model_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("model")
     group.add_argument("--model", help="model folder or Hugging Face id (default: the shipped code model)")
-    group.add_argument("--quantize", choices=QUANTIZE_MODES, help="weight quantization (default: auto = 4bit on CUDA, none elsewhere)")
+    group.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="weight quantization (default: auto = 4bit on CUDA, none elsewhere)",
+    )
     group.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
     group.add_argument(
         "--threads", type=int, help=f"CPU threads for the model (default: {default_threads()})"
