@@ -68,12 +68,22 @@ def _position(text: str, offset: int) -> types.Position:
 
 
 def spans(texts: list[str], chars: int) -> list[tuple[str, int, str]]:
-    """(document text without the span, cursor offset, span to type) from the middle of each text."""
+    """(document text without the span, cursor offset, span to type) from the middle of each text.
+
+    The span is whole lines (at least ``chars`` characters, without the last line break), so what
+    follows the cursor while typing is the next line, as when writing new code.
+    """
     out = []
     for text in texts:
         lines = text.splitlines(keepends=True)
-        start = sum(len(x) for x in lines[: len(lines) // 2])
-        span = text[start : start + chars]
+        first = len(lines) // 2
+        start = sum(len(x) for x in lines[:first])
+        end = start
+        for line in lines[first:]:
+            end += len(line)
+            if end - start >= chars:
+                break
+        span = text[start:end].rstrip("\r\n")
         out.append((text[:start] + text[start + len(span) :], start, span))
     return out
 
