@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffgemma_ls.completion import complete_text
-from diffgemma_ls.config import Settings, default_threads
+from diffgemma_ls.config import Settings
 from diffgemma_ls.engine.infill import Engine
 
 
@@ -91,21 +91,13 @@ def generate(spec: dict[str, Any], progress=None) -> dict[str, Any]:
     """Load the model, time the cold request, then complete every task with every config."""
     import torch
 
-    from diffgemma_ls.engine.loader import load_model
+    from diffgemma_ls.completion import load_engine
     from diffgemma_ls.engine.quantize import describe_model
 
     settings = Settings(**spec["settings"])
-    torch.set_num_threads(settings.threads or default_threads())
     started = time.perf_counter()
-    loaded = load_model(
-        settings.model,
-        quantize=settings.quantize,
-        device=settings.device,
-        allow_download=settings.allow_download,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    engine = load_engine(settings)
     load_ms = (time.perf_counter() - started) * 1000
-    engine = Engine(loaded)
     rss_loaded = _peak_rss_mb()
     configs = [DecodeConfig(**c) for c in spec["configs"]]
     tasks = spec["tasks"]
@@ -123,8 +115,8 @@ def generate(spec: dict[str, Any], progress=None) -> dict[str, Any]:
             )
     return {
         "quantize": settings.quantize,
-        "model": loaded.path,
-        "quantization": loaded.quantization,
+        "model": engine.loaded.path,
+        "quantization": engine.loaded.quantization,
         "report": describe_model(engine.model).to_dict(),
         "load_ms": load_ms,
         "rss_after_load_mb": rss_loaded,
