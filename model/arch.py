@@ -21,8 +21,8 @@ inference must match the training corruption), ``mask_token_id`` and ``code_lang
 from __future__ import annotations
 
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
-from transformers.models.gemma4 import Gemma4VisionConfig
 
+from diffgemma_ls.engine.model import minimal_vision_config
 from diffgemma_ls.prompt import BOI, EOI, IMAGE, MASK
 
 # name -> (hidden, layers, heads, kv_heads, head_dim, mlp, moe_mlp)
@@ -55,14 +55,7 @@ def build_config(tokenizer, size: str, canvas_length: int = 32) -> DiffusionGemm
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    vision = Gemma4VisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
+    vision = minimal_vision_config()
     config = DiffusionGemmaConfig(
         text_config=text,
         vision_config=vision,

@@ -20,8 +20,8 @@ from transformers.models.diffusion_gemma.modeling_diffusion_gemma import (
     DiffusionGemmaText4MLP,
     DiffusionGemmaTextExperts,
 )
-from transformers.models.gemma4 import Gemma4VisionConfig
 
+from diffgemma_ls.engine.model import minimal_vision_config
 from diffgemma_ls.engine.quantize import (
     QuantizedExperts,
     QuantizedLinear,
@@ -69,14 +69,7 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> DiffusionGe
         eos_token_id=1,
         bos_token_id=2,
     )
-    vc = Gemma4VisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
+    vc = minimal_vision_config()
     cfg = DiffusionGemmaConfig(
         text_config=tc, vision_config=vc, canvas_length=16, boi_token_id=3, eoi_token_id=4, image_token_id=5
     )

@@ -17,9 +17,8 @@ from transformers import (
     DiffusionGemmaTextConfig,
     PreTrainedTokenizerFast,
 )
-from transformers.models.gemma4 import Gemma4VisionConfig
 
-from diffgemma_ls.engine.model import CodeDiffusionGemma
+from diffgemma_ls.engine.model import CodeDiffusionGemma, minimal_vision_config
 from diffgemma_ls.prompt import BOI, BOS, EOI, EOS, IMAGE, MASK, PAD, SPECIAL_TOKENS, build_prompt
 
 CORPUS = [
@@ -75,14 +74,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, noise_kind: str = "mask", ca
         eos_token_id=ids(EOS),
         bos_token_id=ids(BOS),
     )
-    vision = Gemma4VisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
+    vision = minimal_vision_config()
     config = DiffusionGemmaConfig(
         text_config=text,
         vision_config=vision,

@@ -22,12 +22,25 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     DiffusionGemmaGenerationConfig,
     EntropyBoundSampler,
 )
+from transformers.models.gemma4 import Gemma4VisionConfig
 
 from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, CompleteOrStable
 
 NOISE_KINDS = ("uniform", "mask")
 # Finite, so temperature scaling and entropy stay finite (finfo.min / 0.4 would overflow to -inf).
 NEVER = -1e9
+
+
+def minimal_vision_config() -> Gemma4VisionConfig:
+    """The smallest vision tower DiffusionGemma's config accepts, for text-only code models."""
+    return Gemma4VisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
 
 
 class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
