@@ -6,6 +6,8 @@ never calls the model. Targets, innermost first:
 - the body of the function at the cursor when it is empty: only ``pass`` / ``...`` (after an
   optional docstring) in Python, ``{}`` or comments only in braces languages;
 - a line whose comment says ``TODO`` (the whole line's code is replaced).
+
+A selection is trimmed by ``trim_selection`` first, so whole-line selections behave like targets.
 """
 
 from __future__ import annotations
@@ -92,3 +94,16 @@ def fill_target(text: str, offset: int, language_id: str, uri: str = "") -> tupl
         indent = len(line) - len(line.lstrip())
         return line_start + indent, line_start + len(line.rstrip("\r"))
     return None
+
+
+def trim_selection(text: str, start: int, end: int) -> tuple[int, int]:
+    """``[start, end)`` without the blank space at either end; unchanged if it is all blank.
+
+    Editors select whole lines (Neovim's ``V``, a triple click): the indentation before the first
+    line and the line break after the last belong to the surrounding code, which the model sees as
+    prefix and suffix. Regenerating them too would leave the model to re-create the layout.
+    """
+    region = text[start:end]
+    if not region.strip():
+        return start, end
+    return start + len(region) - len(region.lstrip()), end - (len(region) - len(region.rstrip()))

@@ -44,7 +44,7 @@ from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError
 from diffgemma_ls.engine.quantize import describe_model
-from diffgemma_ls.fill import fill_target
+from diffgemma_ls.fill import fill_target, trim_selection
 from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.typeahead import TypeAhead
 
@@ -423,6 +423,7 @@ class DiffgemmaServer(LanguageServer):
         if not self.language_enabled(doc.language_id):
             return None
         text, version = doc.text, doc.version
+        start, end = trim_selection(text, start, end)
         request = plan_fill(text, start, end, doc.language_id, self.settings, state.engine, uri=uri)
         budget = FILL_BUDGET_FACTOR * self.settings.latency_budget_ms / 1000
         outcome = await self._run_model(uri + FILL_KEY, request, time.monotonic() + budget)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffgemma_ls.fill import fill_target
+from diffgemma_ls.fill import fill_target, trim_selection
 
 
 def target(text: str, language: str = "python") -> str | None:
@@ -34,3 +34,18 @@ def test_braces_languages_fill_inside_empty_braces() -> None:
     assert target("function f(a) {█}\n", "javascript") == ""
     assert target("func f() int {\n\t█// nothing yet\n}\n", "go") == "\n\t// nothing yet\n"
     assert target("fn f() -> u8 {\n    █todo_later();\n}\n", "rust") is None
+
+
+@pytest.mark.parametrize(
+    ("selected", "kept"),
+    [
+        ("    a = 1\n    return a\n", "a = 1\n    return a"),  # linewise: indentation and break go
+        ("a = 1", "a = 1"),
+        ("  \n\t", "  \n\t"),  # all blank: unchanged
+        ("\r\n    x\r\n", "x"),
+    ],
+)
+def test_trim_selection(selected: str, kept: str) -> None:
+    text = "def f():\n" + selected + "END"
+    start, end = trim_selection(text, 9, 9 + len(selected))
+    assert text[start:end] == kept

@@ -317,3 +317,12 @@ async def test_fill_code_action_and_command(session: Session) -> None:
     )
     assert result.applied if hasattr(result, "applied") else result["applied"]
     assert applied and applied[0].edit.changes[URI][0].range == pass_range
+
+    # a whole-line selection (Neovim's V) regenerates the code on it, not its indentation and break
+    await session.client.workspace_execute_command_async(
+        types.ExecuteCommandParams(
+            "diffgemma.fill",
+            [URI, {"start": {"line": 1, "character": 0}, "end": {"line": 2, "character": 0}}],
+        )
+    )
+    assert len(applied) == 2 and applied[1].edit.changes[URI][0].range == pass_range

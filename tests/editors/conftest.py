@@ -9,8 +9,10 @@ from typing import NoReturn
 
 import pytest
 
-from diffgemma_ls.completion import complete_text
+from diffgemma_ls.completion import complete_text, plan_fill, run
 from diffgemma_ls.config import Settings
+from diffgemma_ls.fill import trim_selection
+from diffgemma_ls.languages import get_parser
 from diffgemma_ls.engine.infill import Engine
 from diffgemma_ls.engine.loader import load_model
 
@@ -64,3 +66,20 @@ def expected_completion(model_dir: Path, text: str, offset: int, language_id: st
     )
     assert outcome.completion is not None
     return outcome.completion.text
+
+
+def expected_fill(model_dir: Path, text: str, start: int, end: int, language_id: str = "python") -> str:
+    """The document after the pipeline's own fill of ``text[start:end]``, computed in-process."""
+    engine = Engine(load_model(str(model_dir), device="cpu"))
+    start, end = trim_selection(text, start, end)
+    settings = Settings(latency_budget_ms=LATENCY_BUDGET_MS)
+    outcome = run(engine, plan_fill(text, start, end, language_id, settings, engine))
+    assert outcome.completion is not None
+    return text[:start] + outcome.completion.text + text[end:]
+
+
+def parses(text: str, grammar: str = "python") -> bool:
+    """Whether tree-sitter parses ``text`` without an error or missing node."""
+    parser = get_parser(grammar)
+    assert parser is not None
+    return not parser.parse(text.encode()).root_node.has_error

@@ -1,4 +1,5 @@
-"""End to end in a real headless Neovim: the plugin starts the server, ghost text appears, a key accepts it.
+"""End to end in a real headless Neovim: the plugin starts the server, ghost text appears, a key accepts it;
+a selected function body is filled by the model, and one undo restores it.
 
 The test drives the editor over its RPC socket with Neovim's own client (`nvim --server ... --remote-*`).
 """
@@ -17,11 +18,20 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.editors.conftest import LATENCY_BUDGET_MS, REPO, expected_completion, missing_tool, server_command
+from tests.editors.conftest import (
+    LATENCY_BUDGET_MS,
+    REPO,
+    expected_completion,
+    expected_fill,
+    missing_tool,
+    parses,
+    server_command,
+)
 
 T = TypeVar("T")
 TEXT = "import os\n\n\ndef main():\n    path = \n    print(path)\n"
 LINE = 4  # 0-based: "    path = "
+FILL_TEXT = "def area(w, h):\n    result = w * h\n    return result\n\n\nprint(area(2, 3))\n"
 STARTUP_TIMEOUT_S = 120
 COMPLETION_TIMEOUT_S = 60
 
@@ -73,6 +83,7 @@ def nvim(tmp_path: Path, editor_model_dir: Path) -> Iterator[Nvim]:
         missing_tool(f"{version} has no vim.lsp.inline_completion (needs 0.12)")
 
     (tmp_path / "example.py").write_text(TEXT)
+    (tmp_path / "fill.py").write_text(FILL_TEXT)
     init = tmp_path / "init.lua"
     options = {
         "cmd": server_command(editor_model_dir, tmp_path / "server.log"),
@@ -144,3 +155,34 @@ def test_inline_completion_in_neovim(nvim: Nvim, editor_model_dir: Path) -> None
     assert "\n".join(lines) + "\n" == TEXT.replace(line + "\n", line + expected + "\n", 1)
     assert nvim.lua("vim.api.nvim_get_mode().mode") == "i"
     assert nvim.lua("require('diffgemma').statusline()").startswith("diffgemma: ready ")
+
+
+def buffer_text(nvim: Nvim) -> str:
+    return "\n".join(nvim.lua("vim.api.nvim_buf_get_lines(0, 0, -1, true)")) + "\n"
+
+
+def test_fill_selection_in_neovim(nvim: Nvim, editor_model_dir: Path) -> None:
+    wait_for(
+        lambda: nvim.lua("(require('diffgemma').status or {}).state == 'ready'"), STARTUP_TIMEOUT_S, "the model"
+    )
+    nvim.send("<Esc>:edit fill.py<CR>")
+    wait_for(
+        lambda: nvim.lua("#vim.lsp.get_clients({ bufnr = 0, name = 'diffgemma' }) == 1"),
+        30,
+        "the server attached to fill.py",
+    )
+    start = FILL_TEXT.index("    result")
+    end = FILL_TEXT.index("\n\n\n") + 1  # lines 2-3, as `V` selects them
+    expected = expected_fill(editor_model_dir, FILL_TEXT, start, end)
+
+    nvim.send("2GVj<M-f>")  # select the body linewise, fill with the default key (:DiffgemmaFill)
+    filled = wait_for(
+        lambda: (text := buffer_text(nvim)) != FILL_TEXT and text, COMPLETION_TIMEOUT_S, "the fill"
+    )
+    assert filled == expected
+    assert filled.startswith("def area(w, h):\n    ") and filled.endswith("\n\n\nprint(area(2, 3))\n")
+    assert parses(filled), filled
+    assert nvim.lua("require('diffgemma').last_fill") == {"applied": True}
+
+    nvim.send("u")  # the edit came through the LSP as one change: one undo restores the body
+    wait_for(lambda: buffer_text(nvim) == FILL_TEXT, 10, "the undone fill")

@@ -1,6 +1,7 @@
 import * as vscode from "vscode";
 import { DidChangeConfigurationNotification, type LanguageClient } from "vscode-languageclient/node";
 import { createClient } from "./client";
+import { fillSelection } from "./fill";
 import { completionsEnabled, SECTION, serverCommand, serverSettings, setCompletionsEnabled } from "./settings";
 import { StatusItem } from "./status";
 
@@ -70,6 +71,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       await start();
     }),
     vscode.commands.registerCommand("diffgemma.showLog", () => output.show(true)),
+    vscode.commands.registerCommand("diffgemma.fillSelection", () => fillSelection(client)),
     vscode.workspace.onDidChangeConfiguration(onConfigurationChanged),
   );
   await start();
