@@ -11,10 +11,10 @@ import pytest
 
 from diffgemma_ls.completion import complete_text, plan_fill, run
 from diffgemma_ls.config import Settings
-from diffgemma_ls.fill import trim_selection
-from diffgemma_ls.languages import get_parser
 from diffgemma_ls.engine.infill import Engine
 from diffgemma_ls.engine.loader import load_model
+from diffgemma_ls.fill import trim_selection
+from diffgemma_ls.languages import get_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DEPS = REPO / "editors" / ".deps"

@@ -162,9 +162,8 @@ def buffer_text(nvim: Nvim) -> str:
 
 
 def test_fill_selection_in_neovim(nvim: Nvim, editor_model_dir: Path) -> None:
-    wait_for(
-        lambda: nvim.lua("(require('diffgemma').status or {}).state == 'ready'"), STARTUP_TIMEOUT_S, "the model"
-    )
+    ready = "(require('diffgemma').status or {}).state == 'ready'"
+    wait_for(lambda: nvim.lua(ready), STARTUP_TIMEOUT_S, "the model")
     nvim.send("<Esc>:edit fill.py<CR>")
     wait_for(
         lambda: nvim.lua("#vim.lsp.get_clients({ bufnr = 0, name = 'diffgemma' }) == 1"),
