@@ -1,5 +1,6 @@
 """End to end in a real VS Code (code-server, headless Chromium): the packaged extension starts the server,
-ghost text from the model appears, Tab accepts it, and the saved file holds it.
+ghost text from the model appears, Tab accepts it, and the saved file holds it; a selected function body
+filled from the editor's context menu is replaced by the model's fill, and the file still parses.
 
 The browser side is tests/editors/vscode_driver.cjs (playwright-core); editors/setup.sh installs it all.
 """
@@ -26,7 +27,9 @@ from tests.editors.conftest import (
     LATENCY_BUDGET_MS,
     REPO,
     expected_completion,
+    expected_fill,
     missing_tool,
+    parses,
     server_command,
 )
 
@@ -35,12 +38,13 @@ CODE_SERVER = HARNESS / "node_modules" / ".bin" / "code-server"
 NODE = DEPS / "node24" / "node_modules" / "node" / "bin" / "node"
 VSIX = REPO / "editors" / "vscode" / "diffgemma.vsix"
 DRIVER = Path(__file__).with_name("vscode_driver.cjs")
-SCREENSHOT = DEPS / "artifacts" / "vscode-e2e.png"
+ARTIFACTS = DEPS / "artifacts"  # screenshots, one per test
 
 BEFORE = "import os\n\n\ndef main():\n    \n    print(path)\n"
 LINE = 5  # 1-based: the empty body line
 TYPED = "path = "
 AFTER_TYPING = BEFORE.replace("\n    \n", f"\n    {TYPED}\n", 1)
+FILL_BEFORE = "def area(w, h):\n    result = w * h\n    return result\n\n\nprint(area(2, 3))\n"
 TIMEOUT_S = 150
 
 
@@ -103,6 +107,7 @@ def code_server(tmp_path: Path, editor_model_dir: Path) -> Iterator[CodeServer]:
     for d in (home, tmp, data / "User", data / "Machine", extensions, workspace / ".vscode"):
         d.mkdir(parents=True)
     (workspace / "example.py").write_text(BEFORE)
+    (workspace / "fill.py").write_text(FILL_BEFORE)
     # a cloned repository cannot choose the model: `diffgemma.model` is machine-scoped
     (workspace / ".vscode" / "settings.json").write_text(json.dumps({"diffgemma.model": "/workspace/evil"}))
     server_log = tmp_path / "server.log"
@@ -167,23 +172,16 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("code-server did not start listening")
 
 
-def test_ghost_text_in_vscode(code_server: CodeServer, editor_model_dir: Path, tmp_path: Path) -> None:
-    chromium = _tools()
-    offset = AFTER_TYPING.index(TYPED) + len(TYPED)
-    expected = expected_completion(editor_model_dir, AFTER_TYPING, offset)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    job = {
+def drive(code_server: CodeServer, model_dir: Path, tmp_path: Path, **job: object) -> dict[str, object]:
+    """Run tests/editors/vscode_driver.cjs on ``job`` (its kind, file and steps) and return what it saw."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    job |= {
         "harness": str(HARNESS),
-        "chromium": chromium,
+        "chromium": _tools(),
         "url": code_server.url,
         "folder": str(code_server.workspace),
-        "file": "example.py",
-        "waitForLine": "print(path)",
-        "line": LINE,
-        "typed": TYPED,
-        "modelName": editor_model_dir.name,
-        "expected": expected,
-        "screenshot": str(SCREENSHOT),
+        "modelName": model_dir.name,
+        "screenshot": str(ARTIFACTS / f"vscode-e2e-{job['kind']}.png"),
         "timeoutMs": TIMEOUT_S * 1000 // 2,
         "ghostTimeoutMs": 60_000,
     }
@@ -194,8 +192,25 @@ def test_ghost_text_in_vscode(code_server: CodeServer, editor_model_dir: Path, t
     )
     assert run.stdout.strip(), run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    print(f"screenshot: {SCREENSHOT}\nseen: {seen}")
+    print(f"screenshot: {job['screenshot']}\nseen: {seen}")
     assert seen["error"] is None, seen["error"]
+    return seen
+
+
+def test_ghost_text_in_vscode(code_server: CodeServer, editor_model_dir: Path, tmp_path: Path) -> None:
+    offset = AFTER_TYPING.index(TYPED) + len(TYPED)
+    expected = expected_completion(editor_model_dir, AFTER_TYPING, offset)
+    seen = drive(
+        code_server,
+        editor_model_dir,
+        tmp_path,
+        kind="ghost",
+        file="example.py",
+        waitForLine="print(path)",
+        line=LINE,
+        typed=TYPED,
+        expected=expected,
+    )
 
     # the status bar shows the user's model (not the workspace's) with the last latency
     assert editor_model_dir.name in seen["statusBar"] and "ms" in seen["statusBar"]
@@ -205,3 +220,26 @@ def test_ghost_text_in_vscode(code_server: CodeServer, editor_model_dir: Path, t
     assert on_disk == AFTER_TYPING[:offset] + expected + AFTER_TYPING[offset:]
     server_log = code_server.log.read_text()
     assert "completion" in server_log and "/workspace/evil" not in server_log
+
+
+def test_fill_selection_in_vscode(code_server: CodeServer, editor_model_dir: Path, tmp_path: Path) -> None:
+    start = FILL_BEFORE.index("    result")
+    end = FILL_BEFORE.index("\n\n\n") + 1  # lines 2-3, as Shift+Down twice from column 1 selects them
+    expected = expected_fill(editor_model_dir, FILL_BEFORE, start, end)
+    seen = drive(
+        code_server,
+        editor_model_dir,
+        tmp_path,
+        kind="fill",
+        file="fill.py",
+        waitForLine="print(area",
+        line=2,
+        selectLines=2,
+        rightClickOn="result = w",
+    )
+
+    assert seen["contextMenu"]
+    on_disk = (code_server.workspace / "fill.py").read_text()
+    assert on_disk == expected != FILL_BEFORE
+    assert on_disk.startswith("def area(w, h):\n    ") and on_disk.endswith("\n\n\nprint(area(2, 3))\n")
+    assert parses(on_disk), on_disk
