@@ -117,11 +117,31 @@ def plan(
 
 
 def plan_fill(
-    text: str, start: int, end: int, language_id: str, settings: Settings, engine: Engine, *, uri: str = ""
+    text: str,
+    start: int,
+    end: int,
+    language_id: str,
+    settings: Settings,
+    engine: Engine,
+    *,
+    uri: str = "",
+    decode: str = "adaptive",
+    steps: int | None = None,
+    entropy_bound: float | None = None,
 ) -> CompletionRequest:
     """A fill regenerates ``text[start:end]``: the model sees the document without it, cursor at ``start``."""
     request = plan(
-        text[:start] + text[end:], start, language_id, settings, engine, invoked=True, mode="block", uri=uri
+        text[:start] + text[end:],
+        start,
+        language_id,
+        settings,
+        engine,
+        invoked=True,
+        mode="block",
+        uri=uri,
+        decode=decode,
+        steps=steps,
+        entropy_bound=entropy_bound,
     )
     assert request is not None  # invoked=True always plans a completion
     options = dataclasses.replace(request.options, max_canvases=FILL_CANVASES)
@@ -162,7 +182,16 @@ def complete_text(
     entropy_bound: float | None = None,
     deadline: float | None = None,
 ) -> Outcome:
-    """Complete between ``prefix`` and ``suffix`` as if the cursor sat there in one document."""
+    """Complete between ``prefix`` and ``suffix`` as if the cursor sat there in one document.
+
+    ``mode`` is a completion mode (``auto``, ``line``, ``block``) or ``fill``: what the server's
+    "Fill with DiffusionGemma" does with a region cut out between ``prefix`` and ``suffix``.
+    """
+    if mode == "fill":
+        text, at = prefix + suffix, len(prefix)
+        knobs = {"decode": decode, "steps": steps, "entropy_bound": entropy_bound}
+        request = plan_fill(text, at, at, language_id, settings, engine, **knobs)
+        return run(engine, request, deadline=deadline)
     request = plan(
         prefix + suffix,
         len(prefix),

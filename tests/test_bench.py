@@ -100,6 +100,9 @@ def test_suites_are_fixed_and_heldout_files_are_the_training_split() -> None:
     assert all(t.target and t.document == t.prefix + t.target + t.suffix for t in tasks)
     files = heldout_files()
     assert files.texts, "no held-out file found on this Python: the held-out suites would be empty"
+    for task in (t for t in tasks if t.suite == "ho-fill"):  # a whole function body, as a fill sees it
+        assert task.mode == "fill" and task.target.strip() == task.target
+        assert task.prefix.rsplit("\n", 1)[1].strip() == ""  # the body starts its line, after indentation
     corpus = pytest.importorskip("model.corpus")
     assert all(corpus.is_val(path) for path in files.texts)
 

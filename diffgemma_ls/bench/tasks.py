@@ -10,6 +10,9 @@ same first N and two runs of the bench compare like with like:
 - ``ho-line``, ``ho-tail``, ``ho-block``: a whole line after its indentation, the rest of a line
   from a random column, and a tree-sitter ``block`` (a body) of at most ``MAX_BLOCK_LINES`` lines,
   cut from files the default model never trained on; modes ``line``, ``line``, ``block``.
+- ``ho-fill``: a whole function body (from its first statement to the end of its last) of at most
+  ``MAX_FILL_LINES`` lines from the same files, regenerated as the server's "Fill with
+  DiffusionGemma" does (mode ``fill``: up to ``FILL_CANVASES`` canvases, length chosen by the model).
 
 Held-out files: ``model/corpus.py`` splits its corpus **by file** (``is_val``: a hash of the
 path) after filtering, dedup and HumanEval decontamination. The bench does not import ``model``
@@ -39,7 +42,7 @@ from tree_sitter import Node
 
 from diffgemma_ls.languages import get_parser
 
-SUITES = ("he-line", "he-span", "ho-line", "ho-tail", "ho-block")
+SUITES = ("he-line", "he-span", "ho-line", "ho-tail", "ho-block", "ho-fill")
 HUMANEVAL_FILES = {
     "he-line": "HumanEval-SingleLineInfilling.jsonl.gz",
     "he-span": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
@@ -47,6 +50,8 @@ HUMANEVAL_FILES = {
 MAX_LINE_CHARS = 100  # longer lines are data, not the typing a completion helps with
 MAX_BLOCK_LINES = 8  # about what 3 canvases of 32 tokens hold
 MAX_BLOCK_CHARS = 320
+MAX_FILL_LINES = 12  # a body a person would select and ask to have rewritten
+MAX_FILL_CHARS = 480
 _NOT_CODE = frozenset({"comment", "string", "string_content", "string_start", "string_end"})
 
 
@@ -188,6 +193,18 @@ def cut_file(path: str, text: str) -> list[Task]:
     if blocks:
         start, end = rng.choice(blocks)
         tasks.append(_task(path, "ho-block", text, start, end, "block"))
+    bodies = [
+        (char_at[n.start_byte], char_at[n.end_byte])
+        for n in _walk(root)
+        if n.type == "block"
+        and n.parent is not None
+        and n.parent.type == "function_definition"
+        and n.end_point.row - n.start_point.row < MAX_FILL_LINES
+    ]
+    bodies = [(a, b) for a, b in bodies if 0 < b - a <= MAX_FILL_CHARS]
+    if bodies:
+        start, end = rng.choice(bodies)
+        tasks.append(_task(path, "ho-fill", text, start, end, "fill"))
     return tasks
 
 
@@ -217,7 +234,7 @@ def heldout_tasks(files: HeldOutFiles, limit: int | None) -> dict[str, list[Task
 
     Files are cut one at a time until every suite is full, since parsing all of them costs seconds.
     """
-    by_suite: dict[str, list[Task]] = {"ho-line": [], "ho-tail": [], "ho-block": []}
+    by_suite: dict[str, list[Task]] = {"ho-line": [], "ho-tail": [], "ho-block": [], "ho-fill": []}
     order = sorted(files.texts, key=lambda path: hashlib.sha1(f"heldout:{path}".encode()).hexdigest())
     for path in order:
         if limit is not None and all(len(tasks) >= limit for tasks in by_suite.values()):
