@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-typeahead", dest="typeahead", action="store_false", default=None, help="turn typing-ahead off"
     )
+    parser.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        default=None,
+        help="do not compute the next completion right after one is accepted",
+    )
     sub = parser.add_subparsers(dest="command")
 
     infill = sub.add_parser(
@@ -145,7 +152,12 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     server = create_server(
         replace(
-            settings, **{k: v for k in ("prompt_caches", "typeahead") if (v := getattr(args, k)) is not None}
+            settings,
+            **{
+                k: v
+                for k in ("prompt_caches", "typeahead", "prefetch")
+                if (v := getattr(args, k)) is not None
+            },
         )
     )
     if args.tcp:

@@ -33,9 +33,11 @@ class Settings:
     languages: tuple[str, ...] = ()  # extra languages opted into, beyond the model's own
     threads: int = 0  # 0: default_threads()
     allow_download: bool = False
-    # keystroke caches (CLI only, for measuring each one's effect): encoder caches kept, typing-ahead
+    # keystroke caches (CLI only, for measuring each one's effect): encoder caches kept, typing-ahead,
+    # the next answer computed right after an accept
     prompt_caches: int = 8
     typeahead: bool = True
+    prefetch: bool = True
     trust_remote_code: bool = False
 
     @property

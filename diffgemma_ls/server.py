@@ -54,6 +54,7 @@ STATUS_NOTIFICATION = "diffgemma/status"
 FILL_TITLE = "Fill with DiffusionGemma"
 FILL_COMMAND = "diffgemma.fill"
 FILL_KEY = "#fill"  # in-flight key suffix: a fill and an inline completion of one document coexist
+PREFETCH_KEY = "#prefetch"  # likewise a prefetch: a request for another state cancels it explicitly
 FILL_BUDGET_FACTOR = 5  # a fill may take several canvases: this many latency budgets
 DEBUG_STATE_REQUEST = "diffgemma/debugState"
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -219,6 +220,8 @@ class DiffgemmaServer(LanguageServer):
         self.model_state = ModelState(model=settings.model or "default")
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffgemma-model")
         self._inflight: dict[str, threading.Event] = {}
+        # per document: (text, cursor offset, task) of the prefetch running after an accept
+        self._prefetches: dict[str, tuple[str, int, asyncio.Task]] = {}
         self._load_generation = 0
         self._reported_errors: set[str] = set()
         self._pending_problems: list[str] = []
@@ -358,11 +361,16 @@ class DiffgemmaServer(LanguageServer):
             return None
         text = doc.text  # the snapshot this request answers for, whatever edits arrive meanwhile
         offset = doc.offset_at(position.line, position.character)
+        if (prefetch := self._prefetch_for(uri, text, offset)) is not None:
+            await asyncio.wait({prefetch})  # the model is already computing this very answer
         ahead = self.typeahead.lookup(uri, text, offset) if self.settings.typeahead else None
         if ahead is not None:
-            self.stats["typeaheadHits"] += 1
-            log.info("completion from the typing-ahead cache, no model call")
-            return self._answer(ahead, text, offset, position)
+            self.stats["prefetchHits" if ahead.prefetched else "typeaheadHits"] += 1
+            log.info(
+                "completion from the %s, no model call",
+                "prefetch" if ahead.prefetched else "typing-ahead cache",
+            )
+            return self._answer(ahead.completion, text, offset, position)
         request = plan(text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
         if request is None:
             return None
@@ -375,6 +383,48 @@ class DiffgemmaServer(LanguageServer):
             return None
         self.typeahead.remember(uri, text, offset, outcome.completion)
         return self._answer(outcome.completion, text, offset, position)
+
+    def prefetch_after_accept(self, uri: str) -> None:
+        """After a change that accepted the shown completion, compute the next one right away.
+
+        The editor asks at the new cursor as soon as the accepted text is in; by then the answer is
+        on its way or done (llama.vim's speculative next request). Any other change cancels it.
+        """
+        if (pending := self._prefetches.pop(uri, None)) is not None:
+            pending[2].cancel()
+        state = self.model_state
+        if not (self.settings.prefetch and self.settings.typeahead) or state.engine is None:
+            return
+        doc = self.documents.get(uri)
+        offset = self.typeahead.accepted_at(uri, doc.text)
+        if offset is None or not self.language_enabled(doc.language_id):
+            return
+        self.typeahead.forget(uri)
+        request = plan(doc.text, offset, doc.language_id, self.settings, state.engine)
+        if request is None:
+            return
+        self.stats["prefetches"] += 1
+        task = asyncio.ensure_future(self._prefetch(uri, doc.text, offset, request))
+        self._prefetches[uri] = (doc.text, offset, task)
+
+    async def _prefetch(self, uri: str, text: str, offset: int, request: CompletionRequest) -> None:
+        deadline = time.monotonic() + self.settings.latency_budget_ms / 1000
+        try:
+            outcome = await self._run_model(uri + PREFETCH_KEY, request, deadline)
+        except JsonRpcRequestCancelled:
+            return
+        finally:
+            if (pending := self._prefetches.get(uri)) is not None and pending[2] is asyncio.current_task():
+                del self._prefetches[uri]
+        if outcome is not None and outcome.completion is not None:
+            self.typeahead.remember(uri, text, offset, outcome.completion, prefetched=True)
+
+    def _prefetch_for(self, uri: str, text: str, offset: int) -> asyncio.Future | None:
+        """The running prefetch for exactly this document state, if any."""
+        pending = self._prefetches.get(uri)
+        if pending is None or pending[0] != text or pending[1] != offset:
+            return None
+        return pending[2]
 
     async def _run_model(self, key: str, request: CompletionRequest, deadline: float) -> Outcome | None:
         """Run one request on the model thread; a newer one with the same key supersedes it.
@@ -543,6 +593,8 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             ls.documents.change(params.text_document.uri, params.text_document.version, changes)
         except UnknownDocument:
             log.warning("didChange for a document that is not open: %s", params.text_document.uri)
+            return
+        ls.prefetch_after_accept(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffgemmaServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -553,6 +605,8 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             # on the model thread: forget() waits for the engine, the event loop must not
             ls._model_thread.submit(engine.forget, uri)
         ls.typeahead.forget(uri)
+        if (pending := ls._prefetches.pop(uri, None)) is not None:
+            pending[2].cancel()
         with contextlib.suppress(UnknownDocument):
             ls.documents.close(uri)
 
@@ -652,6 +706,7 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             "inflight": len(ls._inflight),
             "pendingFutures": len(ls.protocol._request_futures),
             "typeahead": len(ls.typeahead),
+            "prefetching": len(ls._prefetches),
             "promptCaches": len(engine._prompt_cache) if engine is not None else 0,
             "modelQueue": ls._model_thread._work_queue.qsize(),
             **ls.stats,

@@ -326,3 +326,28 @@ async def test_fill_code_action_and_command(session: Session) -> None:
         )
     )
     assert len(applied) == 2 and applied[1].edit.changes[URI][0].range == pass_range
+
+
+async def test_accept_prefetches_the_next_completion(session: Session, constant_model_dir: Path) -> None:
+    """Accepting (the document now holds the shown completion) starts the next answer at once."""
+    await session.wait_for_state("ready")
+    session.open()
+    (shown,) = (await session.inline()).items
+    line = TEXT.splitlines()[CURSOR.line]
+    accepted = TEXT.replace(line, line + shown.insert_text, 1)
+    session.client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=2, uri=URI),
+            [types.TextDocumentContentChangePartial(types.Range(CURSOR, CURSOR), shown.insert_text)],
+        )
+    )
+    after = types.Position(CURSOR.line, CURSOR.character + len(shown.insert_text))
+    (answer,) = (await session.inline(after)).items
+    state = await session.client.protocol.send_request_async("diffgemma/debugState", {})
+    state = state if isinstance(state, dict) else state._asdict()
+    assert state["prefetches"] == 1 and state["prefetchHits"] == 1, state
+    assert state["modelCalls"] == 2  # the first answer and the prefetch: the second request ran nothing
+    # the prefetched answer is the one a cold request at that state gets
+    assert answer.insert_text == expected_completion(
+        constant_model_dir, accepted, CURSOR.line, after.character, Settings()
+    )

@@ -1,7 +1,7 @@
-"""Typing-ahead cache: answers keystrokes that follow the shown completion, nothing else."""
+"""Typing-ahead cache: answers keystrokes that follow the shown completion, nothing else; spots accepts."""
 
 from diffgemma_ls.postprocess import Completion
-from diffgemma_ls.typeahead import TypeAhead
+from diffgemma_ls.typeahead import Hit, TypeAhead
 
 TEXT = "def f(x):\n    return \n\nprint(f(2))\n"
 CURSOR = TEXT.index("return ") + len("return ")
@@ -14,7 +14,7 @@ def typed(text: str, at: int, chars: str) -> str:
 def test_typing_the_start_of_the_completion_returns_the_rest() -> None:
     cache = TypeAhead()
     cache.remember("a", TEXT, CURSOR, Completion("x * 2", replace_end=0))
-    assert cache.lookup("a", typed(TEXT, CURSOR, "x "), CURSOR + 2) == Completion("* 2", 0)
+    assert cache.lookup("a", typed(TEXT, CURSOR, "x "), CURSOR + 2) == Hit(Completion("* 2", 0), False)
 
 
 def test_other_typing_or_edits_miss() -> None:
@@ -37,3 +37,26 @@ def test_bounded_and_forgets() -> None:
     assert len(cache) == 2
     cache.forget("c")
     assert len(cache) == 1
+
+
+def test_accepted_at_finds_the_cursor_after_an_accepted_completion() -> None:
+    cache = TypeAhead()
+    cache.remember("a", TEXT, CURSOR, Completion("x * 2"))
+    assert cache.accepted_at("a", TEXT) is None  # not accepted yet
+    assert cache.accepted_at("a", typed(TEXT, CURSOR, "x *")) is None  # partly typed
+    assert cache.accepted_at("a", typed(TEXT, CURSOR, "x * 2")) == CURSOR + 5  # Tab, or all of it typed
+    assert cache.accepted_at("a", typed(TEXT, CURSOR, "x * 3")) is None
+    assert cache.accepted_at("b", typed(TEXT, CURSOR, "x * 2")) is None
+
+    # a completion that replaced the closer after the cursor: "f(" + "x)" over ")"
+    text = "y = f()\n"
+    cache.remember("c", text, 6, Completion("x)", replace_end=1))
+    assert cache.accepted_at("c", "y = f(x)\n") == 8
+
+
+def test_a_prefetched_answer_answers_at_its_own_position() -> None:
+    cache = TypeAhead()
+    cache.remember("a", TEXT, CURSOR, Completion("x * 2"), prefetched=True)
+    assert cache.lookup("a", TEXT, CURSOR) == Hit(Completion("x * 2"), True)
+    assert cache.lookup("a", typed(TEXT, CURSOR, "x"), CURSOR + 1) == Hit(Completion(" * 2"), True)
+    assert cache.lookup("a", typed(TEXT, CURSOR, "z"), CURSOR + 1) is None
