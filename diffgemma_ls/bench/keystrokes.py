@@ -3,11 +3,14 @@
 For each file, a span of characters is cut out at a line start and typed back one character at a
 time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke, at a fixed typing
 interval; a request still pending when the next key arrives is cancelled (``$/cancelRequest``), as
-editors do. Reported per configuration (all caches on, each one off, none):
+editors do. When the answer shown for the current state is exactly what comes next in the span,
+the typist accepts it (one keystroke, Tab, inserts all of it), as a person would. Reported per
+configuration (all caches on, each one off, none):
 
 - time to completion per answered keystroke (p50, p95), and the fraction answered;
-- forward passes per keystroke, typing-ahead hit rate, share of prompt tokens whose encoder KV was
-  reused (from the server's ``diffgemma/debugState`` counters);
+- forward passes per keystroke, typing-ahead and prefetch hit rates, share of prompt tokens whose
+  encoder KV was reused (from the server's ``diffgemma/debugState`` counters), share of the span
+  typed by accepting completions;
 - how often an answer differs from a cold answer on the same document state (no caches, computed
   in-process with the same model and settings).
 
@@ -31,9 +34,10 @@ from pygls.lsp.client import LanguageClient
 
 CONFIGS: dict[str, list[str]] = {
     "all caches": [],
-    "no typing-ahead": ["--no-typeahead"],
+    "no prefetch": ["--no-prefetch"],
+    "no typing-ahead": ["--no-typeahead"],  # the prefetch keeps its answers there: off too
     "no prompt cache": ["--prompt-caches", "0"],
-    "no caches": ["--no-typeahead", "--prompt-caches", "0"],
+    "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0"],
 }
 
 
@@ -42,6 +46,7 @@ class Answer:
     text: str  # the document when the request was sent
     offset: int
     completion: str
+    inserts: bool = True  # the answer inserts at the cursor (replaces nothing after it)
 
 
 @dataclass
@@ -50,7 +55,18 @@ class Replay:
     latencies_ms: list[float] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
     cancelled: int = 0
+    span_chars: int = 0
+    accepted_chars: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def acceptable(self, text: str, cursor: int, rest: str) -> str:
+        """The latest answer if it was made for this state and is what comes next, else ``""``."""
+        if not self.answers:
+            return ""
+        last = self.answers[-1]
+        if last.text != text or last.offset != cursor or not last.inserts or not last.completion:
+            return ""
+        return last.completion if rest.startswith(last.completion) else ""
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -117,15 +133,20 @@ async def replay(
             types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 0, text))
         )
         pending: asyncio.Task | None = None
-        for i, char in enumerate(span):
+        typed, version = 0, 0
+        result.span_chars += len(span)
+        while typed < len(span):
+            keys = result.acceptable(text, cursor, span[typed:]) or span[typed]  # Tab, or the next key
+            result.accepted_chars += len(keys) if len(keys) > 1 else 0
             position = _position(text, cursor)
+            version += 1
             client.text_document_did_change(
                 types.DidChangeTextDocumentParams(
-                    types.VersionedTextDocumentIdentifier(version=i + 1, uri=uri),
-                    [types.TextDocumentContentChangePartial(types.Range(position, position), char)],
+                    types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+                    [types.TextDocumentContentChangePartial(types.Range(position, position), keys)],
                 )
             )
-            text, cursor = text[:cursor] + char + text[cursor:], cursor + 1
+            text, cursor, typed = text[:cursor] + keys + text[cursor:], cursor + len(keys), typed + len(keys)
             if pending is not None and not pending.done():
                 pending.cancel()  # _request sends $/cancelRequest for it
             pending = asyncio.ensure_future(_request(client, uri, text, cursor, result))
@@ -167,7 +188,11 @@ async def _request(client: LanguageClient, uri: str, text: str, cursor: int, res
         return
     result.latencies_ms.append((time.perf_counter() - started) * 1000)
     items = answer.items if answer is not None else []
-    result.answers.append(Answer(text, cursor, items[0].insert_text if items else ""))
+    if not items:
+        result.answers.append(Answer(text, cursor, ""))
+        return
+    r = items[0].range
+    result.answers.append(Answer(text, cursor, items[0].insert_text, r is None or r.start == r.end))
 
 
 def cold_agreement(model: str, answers: list[Answer], limit: int) -> tuple[int, int]:
@@ -198,6 +223,8 @@ def summarize(name: str, replay_: Replay, agreement: tuple[int, int]) -> dict[st
         "p95_ms": _percentile(replay_.latencies_ms, 0.95),
         "passes_per_key": s.get("forwardPasses", 0) / keys,
         "typeahead_hit_rate": s.get("typeaheadHits", 0) / keys,
+        "prefetch_hit_rate": s.get("prefetchHits", 0) / keys,
+        "accepted": replay_.accepted_chars / max(1, replay_.span_chars),
         "prompt_reuse": s.get("reusedPromptTokens", 0) / max(1, s.get("promptTokens", 0)),
         "same_as_cold": agreement[0] / agreement[1] if agreement[1] else float("nan"),
     }
@@ -222,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"{len(work)} files, {args.chars} characters each, one key every {args.interval_ms:.0f} ms\n")
     header = ["config", "keys", "answered", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
+    header += ["prefetch hits", "typed by accepting"]
     print("| " + " | ".join([*header, "prompt KV reused", "same as cold"]) + " |")
     print("| :-- |" + " --: |" * (len(header) + 1))
     for r in rows:
@@ -233,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p95_ms']:.0f}",
             f"{r['passes_per_key']:.2f}",
             f"{r['typeahead_hit_rate']:.0%}",
+            f"{r['prefetch_hit_rate']:.0%}",
+            f"{r['accepted']:.0%}",
             f"{r['prompt_reuse']:.0%}",
             f"{r['same_as_cold']:.0%}",
         ]
