@@ -107,3 +107,36 @@ def trim_selection(text: str, start: int, end: int) -> tuple[int, int]:
     if not region.strip():
         return start, end
     return start + len(region) - len(region.lstrip()), end - (len(region) - len(region.rstrip()))
+
+
+def _error_count(node: Node) -> int:
+    """ERROR and MISSING nodes below ``node`` (only subtrees that have an error are walked)."""
+    if not node.has_error and not node.is_missing:
+        return 0
+    own = 1 if node.type == "ERROR" or node.is_missing else 0
+    return own + sum(_error_count(child) for child in node.children)
+
+
+def breaks_syntax(text: str, start: int, end: int, replacement: str, language_id: str, uri: str = "") -> bool:
+    """Whether writing ``replacement`` over ``text[start:end]`` adds syntax errors around the region.
+
+    A fill rewrites code the user already has, so a replacement that does not parse where the
+    original did is worse than nothing: the server then changes nothing. Both versions are parsed on
+    the same window around the region; errors the file already had do not count against the fill.
+    Languages without a grammar are never judged broken.
+    """
+    grammar = grammar_name(language_id, uri)
+    parser = get_parser(grammar) if grammar else None
+    if parser is None:
+        return False
+    base, before = _window(text, start)
+    stop = base + len(before)
+    if stop < end:  # the region runs past the window: judge the region with its own lines
+        stop = end
+    before = text[base:stop]
+    after = text[base:start] + replacement + text[end:stop]
+    old, new = (
+        _error_count(parser.parse(version.encode("utf-8", "surrogatepass")).root_node)
+        for version in (before, after)
+    )
+    return new > old

@@ -44,7 +44,7 @@ from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError
 from diffgemma_ls.engine.quantize import describe_model
-from diffgemma_ls.fill import fill_target, trim_selection
+from diffgemma_ls.fill import breaks_syntax, fill_target, trim_selection
 from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.typeahead import TypeAhead
 
@@ -478,6 +478,9 @@ class DiffgemmaServer(LanguageServer):
         budget = FILL_BUDGET_FACTOR * self.settings.latency_budget_ms / 1000
         outcome = await self._run_model(uri + FILL_KEY, request, time.monotonic() + budget)
         if outcome is None or outcome.completion is None or outcome.completion.text == text[start:end]:
+            return None
+        if breaks_syntax(text, start, end, outcome.completion.text, doc.language_id, uri):
+            log.info("fill of %s discarded: the model's replacement does not parse", uri)
             return None
         if uri not in self.documents or self.documents.get(uri).version != version:
             return None  # edited meanwhile: the range no longer means what it meant

@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffgemma_ls.fill import fill_target, trim_selection
+from diffgemma_ls.fill import breaks_syntax, fill_target, trim_selection
 
 
 def target(text: str, language: str = "python") -> str | None:
@@ -49,3 +49,21 @@ def test_trim_selection(selected: str, kept: str) -> None:
     text = "def f():\n" + selected + "END"
     start, end = trim_selection(text, 9, 9 + len(selected))
     assert text[start:end] == kept
+
+
+@pytest.mark.parametrize(
+    ("text", "replacement", "broken"),
+    [
+        ("def f(x):\n    pass\n\nprint(f(1))\n", "return x + 1", False),
+        ("def f(x):\n    pass\n\nprint(f(1))\n", "return (x +", True),
+        ("def f(x):\n    pass\n\nprint(f(1)\n", "return x", False),  # the error was already there
+        ("def f(x):\n    pass\n\nprint(f(1)\n", "return [x", True),  # one more error
+    ],
+)
+def test_breaks_syntax(text: str, replacement: str, broken: bool) -> None:
+    start = text.index("pass")
+    assert breaks_syntax(text, start, start + 4, replacement, "python") is broken
+
+
+def test_breaks_syntax_without_a_grammar_never_rejects() -> None:
+    assert not breaks_syntax("x = 1\n", 4, 5, "{{{", "plaintext")

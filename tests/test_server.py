@@ -328,6 +328,27 @@ async def test_fill_code_action_and_command(session: Session) -> None:
     assert len(applied) == 2 and applied[1].edit.changes[URI][0].range == pass_range
 
 
+async def test_fill_that_breaks_the_syntax_changes_nothing(session: Session) -> None:
+    """The constant model's ``xxx...`` between ``1`` and ``2`` does not parse: nothing is applied."""
+    await session.wait_for_state("ready")
+    session.open("y = 1 + 2\nprint(y)\n")
+    applied: list[types.ApplyWorkspaceEditParams] = []
+
+    @session.client.feature(types.WORKSPACE_APPLY_EDIT)
+    def apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+        applied.append(params)
+        return types.ApplyWorkspaceEditResult(applied=True)
+
+    result = await session.client.workspace_execute_command_async(
+        types.ExecuteCommandParams(
+            "diffgemma.fill",
+            [URI, {"start": {"line": 0, "character": 6}, "end": {"line": 0, "character": 7}}],
+        )
+    )
+    assert not (result.applied if hasattr(result, "applied") else result["applied"])
+    assert not applied
+
+
 async def test_accept_prefetches_the_next_completion(session: Session, constant_model_dir: Path) -> None:
     """Accepting (the document now holds the shown completion) starts the next answer at once."""
     await session.wait_for_state("ready")
