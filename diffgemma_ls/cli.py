@@ -13,11 +13,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffgemma_ls import __version__
 from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
 from diffgemma_ls.config import Settings, default_threads, settings_from_cli
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
+
+if TYPE_CHECKING:
+    from diffgemma_ls.completion import Outcome
 
 EXIT_OK, EXIT_MODEL, EXIT_USAGE = 0, 1, 2
 LANGUAGE_BY_EXTENSION = {
@@ -102,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     infill.add_argument("--jsonl", action="store_true", help="read tasks from stdin, one JSON object a line")
     infill.add_argument("--mode", choices=("auto", "line", "block"), default="auto", help="completion size")
     infill.add_argument("--language", help="language id (default: from the file extension)")
+    infill.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="alternatives from one batched run (1-8); FILE mode then prints them as a JSON list",
+    )
     _decode_flags(infill)
 
     info = sub.add_parser("info", parents=[common], help="what would be served: model, device, quantization")
@@ -192,6 +204,12 @@ def _decode_settings(args: argparse.Namespace) -> dict:
     return {"decode": args.decode, "steps": args.steps, "entropy_bound": args.entropy_bound}
 
 
+def _texts(outcome: Outcome) -> list[str]:
+    """The best completion first, then the distinct alternatives."""
+    best = [outcome.completion.text] if outcome.completion else []
+    return best + [c.text for c in outcome.alternatives]
+
+
 def infill(args: argparse.Namespace) -> int:
     from diffgemma_ls.completion import complete_text
 
@@ -221,9 +239,19 @@ def infill(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.file is not None:
         outcome = complete_text(
-            engine, text[:offset], text[offset:], language, args.mode, settings, **_decode_settings(args)
+            engine,
+            text[:offset],
+            text[offset:],
+            language,
+            args.mode,
+            settings,
+            candidates=args.candidates,
+            **_decode_settings(args),
         )
-        sys.stdout.write(outcome.completion.text if outcome.completion else "")
+        if args.candidates > 1:
+            print(json.dumps(_texts(outcome), indent=1))
+        else:
+            sys.stdout.write(outcome.completion.text if outcome.completion else "")
         sys.stdout.flush()
         return EXIT_OK
     for line in sys.stdin:
@@ -249,8 +277,10 @@ def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         return {"error": str(exc)}
     started = time.perf_counter()
-    outcome = complete_text(engine, prefix, suffix, language, mode, settings, **_decode_settings(args))
+    knobs = {"candidates": args.candidates, **_decode_settings(args)}
+    outcome = complete_text(engine, prefix, suffix, language, mode, settings, **knobs)
     result = outcome.result
+    alternatives = {"alternatives": _texts(outcome)[1:]} if args.candidates > 1 else {}
     return {
         "completion": outcome.completion.text if outcome.completion else "",
         "forward_passes": result.forward_passes if result else 0,
@@ -260,6 +290,7 @@ def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace)
         "ms": round((time.perf_counter() - started) * 1000, 2),
         "prefill_ms": round(result.prefill_ms, 2) if result else 0.0,
         "denoise_ms": round(result.denoise_ms, 2) if result else 0.0,
+        **alternatives,
     }
 
 

@@ -38,6 +38,7 @@ class Outcome:
     result: InfillResult | None
     context_ms: float
     postprocess_ms: float = 0.0
+    alternatives: list[Completion] = dataclasses.field(default_factory=list)  # distinct, not the first
 
     def timing_line(self) -> str:
         """Per-request timing for the log, in the spirit of llm-ls."""
@@ -71,6 +72,7 @@ def decode_options(
     decode: str = "adaptive",
     steps: int | None = None,
     entropy_bound: float | None = None,
+    candidates: int = 1,
 ) -> DecodeOptions:
     """One canvas for a line; several block-autoregressive canvases for a block."""
     return DecodeOptions(
@@ -79,6 +81,7 @@ def decode_options(
         max_canvases=BLOCK_CANVASES if mode == "block" else 1,
         max_steps=steps or settings.max_steps,
         entropy_bound=entropy_bound,
+        candidates=candidates,
     )
 
 
@@ -95,8 +98,13 @@ def plan(
     decode: str = "adaptive",
     steps: int | None = None,
     entropy_bound: float | None = None,
+    candidates: int = 1,
 ) -> CompletionRequest | None:
-    """Cut the context; ``None`` where no completion belongs (an explicit request still gets one)."""
+    """Cut the context; ``None`` where no completion belongs (an explicit request still gets one).
+
+    ``candidates`` > 1 decodes alternatives in the same batched run (the server asks for them on an
+    explicit request).
+    """
     started = time.perf_counter()
     tokenizer = engine.tokenizer
     context = extract_context(
@@ -112,7 +120,7 @@ def plan(
         if not invoked:
             return None
         context = dataclasses.replace(context, mode="line")
-    options = decode_options(context.mode, settings, decode, steps, entropy_bound)
+    options = decode_options(context.mode, settings, decode, steps, entropy_bound, candidates)
     return CompletionRequest(context, options, (time.perf_counter() - started) * 1000)
 
 
@@ -166,7 +174,13 @@ def run(
     )
     started = time.perf_counter()
     completion = postprocess(result.text, ctx)
-    return Outcome(completion, result, request.context_ms, (time.perf_counter() - started) * 1000)
+    alternatives: list[Completion] = []
+    for text in result.alternatives:
+        other = postprocess(text, ctx)
+        if other is not None and other != completion and other not in alternatives:
+            alternatives.append(other)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return Outcome(completion, result, request.context_ms, elapsed_ms, alternatives)
 
 
 def complete_text(
@@ -181,6 +195,7 @@ def complete_text(
     steps: int | None = None,
     entropy_bound: float | None = None,
     deadline: float | None = None,
+    candidates: int = 1,
 ) -> Outcome:
     """Complete between ``prefix`` and ``suffix`` as if the cursor sat there in one document.
 
@@ -203,6 +218,7 @@ def complete_text(
         decode=decode,
         steps=steps,
         entropy_bound=entropy_bound,
+        candidates=candidates,
     )
     assert request is not None  # invoked=True always plans a completion
     return run(engine, request, deadline=deadline)

@@ -30,6 +30,7 @@ class Settings:
     canvas_length: int = 32
     max_steps: int = 16
     latency_budget_ms: int = 1000
+    candidates: int = 3  # alternatives on an explicit (Invoked) request, from one batched run
     languages: tuple[str, ...] = ()  # extra languages opted into, beyond the model's own
     threads: int = 0  # 0: default_threads()
     allow_download: bool = False
@@ -53,6 +54,7 @@ CLIENT_KEYS = {
     "canvasLength": "canvas_length",
     "maxSteps": "max_steps",
     "latencyBudgetMs": "latency_budget_ms",
+    "candidates": "candidates",
     "languages": "languages",
     "threads": "threads",
 }
@@ -62,6 +64,7 @@ _BOUNDS = {
     "canvas_length": (4, 1024),
     "max_steps": (1, 1024),
     "latency_budget_ms": (10, 600_000),
+    "candidates": (1, 8),
     "threads": (0, 512),
 }
 
@@ -90,6 +93,7 @@ def _validate(name: str, value: Any) -> Any:
         "canvas_length": (4, 1024),
         "max_steps": (1, 1024),
         "latency_budget_ms": (10, 600_000),
+        "candidates": (1, 8),
         "threads": (0, 512),
     }
     low, high = bounds[name]

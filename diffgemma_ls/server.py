@@ -347,18 +347,21 @@ class DiffgemmaServer(LanguageServer):
 
     async def complete(
         self, uri: str, position: types.Position, invoked: bool
-    ) -> tuple[str, types.Range] | None:
-        """The shared body of inline and plain completion: text to insert and the range it replaces."""
+    ) -> list[tuple[str, types.Range]]:
+        """The shared body of inline and plain completion: texts to insert and the ranges they replace.
+
+        Best first; an explicit (``invoked``) request also gets the alternatives of one batched run.
+        """
         started = time.monotonic()
         state = self.model_state
         if state.state != "ready" or state.engine is None:
-            return None
+            return []
         try:
             doc = self.documents.get(uri)
         except UnknownDocument:
-            return None
+            return []
         if not self.language_enabled(doc.language_id):
-            return None
+            return []
         text = doc.text  # the snapshot this request answers for, whatever edits arrive meanwhile
         offset = doc.offset_at(position.line, position.character)
         if (prefetch := self._prefetch_for(uri, text, offset)) is not None:
@@ -370,19 +373,23 @@ class DiffgemmaServer(LanguageServer):
                 "completion from the %s, no model call",
                 "prefetch" if ahead.prefetched else "typing-ahead cache",
             )
-            return self._answer(ahead.completion, text, offset, position)
-        request = plan(text, offset, doc.language_id, self.settings, state.engine, invoked=invoked)
+            return [self._answer(ahead.completion, text, offset, position)]
+        candidates = self.settings.candidates if invoked else 1
+        request = plan(
+            text, offset, doc.language_id, self.settings, state.engine, invoked=invoked, candidates=candidates
+        )
         if request is None:
-            return None
+            return []
         outcome = await self._run_model(uri, request, started + self.settings.latency_budget_ms / 1000)
         if outcome is None:
-            return None
+            return []
         self.model_state.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
         self.send_status()
         if outcome.completion is None:
-            return None
+            return []
         self.typeahead.remember(uri, text, offset, outcome.completion)
-        return self._answer(outcome.completion, text, offset, position)
+        shown = [outcome.completion, *outcome.alternatives]
+        return [self._answer(completion, text, offset, position) for completion in shown]
 
     def prefetch_after_accept(self, uri: str) -> None:
         """After a change that accepted the shown completion, compute the next one right away.
@@ -618,27 +625,25 @@ def create_server(settings: Settings) -> DiffgemmaServer:
         ls: DiffgemmaServer, params: types.InlineCompletionParams
     ) -> types.InlineCompletionList:
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-        answer = await ls.complete(params.text_document.uri, params.position, invoked)
-        if answer is None:
-            return types.InlineCompletionList(items=[])
-        text, replace = answer
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=replace)])
+        answers = await ls.complete(params.text_document.uri, params.position, invoked)
+        items = [types.InlineCompletionItem(insert_text=text, range=replace) for text, replace in answers]
+        return types.InlineCompletionList(items=items)
 
     async def plain_completion(ls: DiffgemmaServer, params: types.CompletionParams) -> types.CompletionList:
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        answer = await ls.complete(params.text_document.uri, params.position, invoked)
-        if answer is None:
-            return types.CompletionList(is_incomplete=True, items=[])
-        text, replace = answer
-        first_line = text.strip().splitlines()[0] if text.strip() else text
-        item = types.CompletionItem(
-            label=first_line[:60],
-            kind=types.CompletionItemKind.Snippet,
-            detail="DiffusionGemma",
-            text_edit=types.TextEdit(range=replace, new_text=text),
-            insert_text_format=types.InsertTextFormat.PlainText,
-        )
-        return types.CompletionList(is_incomplete=True, items=[item])
+        answers = await ls.complete(params.text_document.uri, params.position, invoked)
+        items = [
+            types.CompletionItem(
+                label=(text.strip().splitlines() or [text])[0][:60],
+                kind=types.CompletionItemKind.Snippet,
+                detail="DiffusionGemma",
+                text_edit=types.TextEdit(range=replace, new_text=text),
+                insert_text_format=types.InsertTextFormat.PlainText,
+                sort_text=f"{rank:02d}",  # the model's order, not the label's
+            )
+            for rank, (text, replace) in enumerate(answers)
+        ]
+        return types.CompletionList(is_incomplete=True, items=items)
 
     @server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION,

@@ -63,6 +63,16 @@ def test_infill_jsonl_one_line_per_task_in_order(constant_model_dir: Path) -> No
         assert row["forward_passes"] >= 1 and row["ms"] > 0
 
 
+def test_infill_candidates_print_the_best_first_then_distinct_alternatives(constant_model_dir: Path) -> None:
+    args = ("infill", str(DEMO), "--line", "16", "--col", "16", "--model", str(constant_model_dir))
+    done = cli(*args, "--candidates", "3")
+    assert done.returncode == 0, done.stderr
+    texts = json.loads(done.stdout)
+    assert 1 < len(texts) <= 3 and len(set(texts)) == len(texts)
+    assert texts[0] == cli(*args).stdout  # the best is the one-candidate answer
+    assert cli(*args, "--candidates", "0").returncode == 2
+
+
 def test_info_json_reports_what_is_served(random_model_dir: Path) -> None:
     done = cli("info", "--json", "--model", str(random_model_dir), "--quantize", "4bit")
     assert done.returncode == 0, done.stderr

@@ -42,6 +42,17 @@ def test_block_autoregressive_canvases_continue(constant_engine: Engine) -> None
     assert result.text == tiny.CONSTANT_TOKEN * 24
 
 
+def test_candidates_are_one_batched_run_with_distinct_starts(constant_engine: Engine) -> None:
+    """Row 0 is the plain answer; greedy rows would all equal it, so the others start differently."""
+    single = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=8))
+    batch = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(canvas_length=16, max_steps=8, candidates=3))
+    assert batch.text == single.text
+    assert len(batch.alternatives) == 2
+    assert batch.text not in batch.alternatives and batch.alternatives[0] != batch.alternatives[1]
+    assert all(alt.endswith(tiny.CONSTANT_TOKEN * 8) for alt in batch.alternatives)  # then decoded as usual
+    assert batch.forward_passes <= 8  # one run: passes are counted per step, not per row
+
+
 def test_fixed_mode_takes_exactly_the_steps(engine: Engine) -> None:
     for steps in (1, 3, 5):
         result = engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="fixed", canvas_length=16, max_steps=steps))

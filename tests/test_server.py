@@ -123,8 +123,9 @@ async def test_inline_completion_end_to_end(session: Session, constant_model_dir
     assert (await session.wait_for_state("ready", "error"))["state"] == "ready"
 
     session.open()
-    answer = await session.inline()
-    assert len(answer.items) == 1
+    answer = await session.inline()  # Invoked: alternatives from the same batched run come after it
+    assert 1 < len(answer.items) <= Settings().candidates
+    assert len({i.insert_text for i in answer.items}) == len(answer.items)
     item = answer.items[0]
     assert item.insert_text == expected_completion(constant_model_dir, TEXT, 4, 11, Settings())
     assert set(item.insert_text) == {"x"}  # what the constant model writes
@@ -177,7 +178,7 @@ async def test_client_without_inline_completion_gets_plain_completion(constant_m
         result = await s.client.text_document_completion_async(
             types.CompletionParams(types.TextDocumentIdentifier(URI), CURSOR)
         )
-        assert len(result.items) == 1
+        assert 1 <= len(result.items) <= Settings().candidates  # no context: an explicit request
         assert set(result.items[0].text_edit.new_text) == {"x"}
 
 
@@ -353,7 +354,7 @@ async def test_accept_prefetches_the_next_completion(session: Session, constant_
     """Accepting (the document now holds the shown completion) starts the next answer at once."""
     await session.wait_for_state("ready")
     session.open()
-    (shown,) = (await session.inline()).items
+    shown = (await session.inline()).items[0]
     line = TEXT.splitlines()[CURSOR.line]
     accepted = TEXT.replace(line, line + shown.insert_text, 1)
     session.client.text_document_did_change(

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessorList
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 from diffgemma_ls.engine.loader import LoadedModel
 from diffgemma_ls.engine.model import CodeDiffusionGemma
-from diffgemma_ls.engine.sampling import DECODE_MODES, CodeSamplerConfig, DecodeMode
+from diffgemma_ls.engine.sampling import DECODE_MODES, CodeSamplerConfig, DecodeMode, DistinctStarts
 from diffgemma_ls.prompt import build_prompt
 
 
@@ -41,6 +41,7 @@ class DecodeOptions:
 
     ``max_steps`` caps forward passes per canvas in ``adaptive`` mode and is the exact count in ``fixed``;
     ``sequential`` takes one pass per token. ``max_canvases`` > 1 continues block-autoregressively.
+    ``candidates`` > 1 denoises that many alternatives as one batch (``InfillResult.alternatives``).
     """
 
     mode: DecodeMode = "adaptive"
@@ -48,11 +49,13 @@ class DecodeOptions:
     max_canvases: int = 1
     max_steps: int = 16
     entropy_bound: float | None = None
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {self.mode!r}")
-        if not 1 <= self.canvas_length <= 1024 or self.max_canvases < 1 or self.max_steps < 1:
+        invalid = self.max_canvases < 1 or self.max_steps < 1 or not 1 <= self.candidates <= 16
+        if not 1 <= self.canvas_length <= 1024 or invalid:
             raise ValueError(f"invalid decode options {self}")
 
 
@@ -68,6 +71,7 @@ class InfillResult:
     budget_exhausted: bool = False
     token_ids: list[int] = field(default_factory=list)
     reused_prompt_tokens: int = 0  # prompt tokens whose encoder KV came from the previous request
+    alternatives: list[str] = field(default_factory=list)  # rows 1.. of a batched candidates run
 
 
 class _StepMonitor:
@@ -81,15 +85,15 @@ class _StepMonitor:
         self.draft: torch.Tensor | None = None
         self._prompt_seen = False
 
-    def put(self, value: torch.Tensor) -> None:
+    def put(self, value: torch.Tensor) -> None:  # value: (batch, tokens)
         if self._prompt_seen:  # the first put() is the prompt, later ones are finished canvases
-            self.finished_canvases.append(value[0])
+            self.finished_canvases.append(value)
             self.draft = None
         self._prompt_seen = True
 
     def put_draft(self, value: torch.Tensor) -> None:
         self.forward_passes += 1
-        self.draft = value[0]
+        self.draft = value  # (batch, canvas)
         if self.cancelled is not None and self.cancelled():
             raise Cancelled
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -200,8 +204,13 @@ class Engine:
             started = time.perf_counter()
             self._encoder_timer.total = 0.0
             torch.manual_seed(zlib.crc32(str(prompt).encode()))
+            if options.candidates > 1:
+                cache_key = None  # a batch's cache is not the document's batch-1 cache
             cache, reused = self._take_prompt_cache(cache_key, prompt)
-            input_ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.loaded.device)
+            rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
+            input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
+            banned = [*self.end_ids, *self.tokenizer.all_special_ids]
+            processors = LogitsProcessorList([DistinctStarts(banned)] if options.candidates > 1 else [])
             budget_exhausted = False
             try:
                 self._view(options.canvas_length).generate(
@@ -210,6 +219,7 @@ class Engine:
                     max_new_tokens=options.canvas_length * options.max_canvases,
                     max_denoising_steps=steps,
                     sampler_config=sampler_config,
+                    logits_processor=processors,
                     streamer=monitor,
                 )
             except _BudgetSpent:
@@ -219,8 +229,9 @@ class Engine:
             elapsed = time.perf_counter() - started
             prefill = self._encoder_timer.total
         pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
-        generated = torch.cat(pieces).tolist() if pieces else []
-        middle = self._cut_at_end(generated)
+        generated = torch.cat(pieces, dim=-1).tolist() if pieces else [[]]  # (candidates, tokens)
+        middle, *others = (self._cut_at_end(row) for row in generated)
+        generated = generated[0]
         passes = monitor.forward_passes
         return InfillResult(
             text=self.tokenizer.decode(middle, skip_special_tokens=True),
@@ -233,6 +244,7 @@ class Engine:
             budget_exhausted=budget_exhausted,
             token_ids=middle,
             reused_prompt_tokens=reused,
+            alternatives=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in others],
         )
 
     def warm_up(self) -> None:

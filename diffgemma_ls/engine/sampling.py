@@ -14,6 +14,8 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
   decodes exactly ``ceil(free / steps_left)`` tokens per step and never exits early);
 * ``left_to_right`` order, one token per forward pass: the autoregressive-equivalent baseline;
 * once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``.
+
+``DistinctStarts`` is a logits processor for batched candidates (rows = alternatives for one prompt).
 """
 
 from __future__ import annotations
@@ -127,6 +129,35 @@ class CodeSampler(EntropyBoundSampler):
     def complete(self) -> torch.BoolTensor:
         """Per batch row: every canvas position committed, so another pass cannot change the result."""
         return self.committed.all(dim=-1)
+
+
+class DistinctStarts:
+    """Makes batch row r > 0 start with its r-th most likely token; row 0 is the plain answer.
+
+    Rows of one prompt would decode to the same text (greedy acceptance, or a confident model's
+    sampling), so on the first denoising step of the first canvas, row r's first position keeps only
+    its r-th ranked token that is not an end or mask token. Its entropy is then zero, so every sampler
+    accepts it first, and the rest of the row is decoded around it as usual. As a logits processor it
+    comes before ``generate()``'s argmax, so the returned canvas holds it too.
+    """
+
+    def __init__(self, banned_ids: list[int]):
+        self.banned_ids = torch.tensor(sorted(set(banned_ids)))
+        self.done = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, cur_step: int) -> torch.Tensor:
+        logits = scores  # (batch, canvas, vocab); generate() passes these names
+        if self.done or logits.shape[0] < 2:
+            return logits
+        self.done = True
+        first = logits[:, 0].clone()  # (batch, vocab)
+        first[:, self.banned_ids.to(first.device)] = -math.inf
+        rows = torch.arange(1, logits.shape[0], device=logits.device)
+        chosen = first.argsort(dim=-1, descending=True)[rows, rows]  # (batch - 1,): rank r for row r
+        logits = logits.clone()
+        logits[rows, 0] = torch.finfo(logits.dtype).min
+        logits[rows, 0, chosen] = 0.0
+        return logits
 
 
 class CompleteOrStable(DiffusionGemmaAdaptiveStopping):

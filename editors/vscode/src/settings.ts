@@ -11,6 +11,7 @@ const SERVER_KEYS = [
   "canvasLength",
   "maxSteps",
   "latencyBudgetMs",
+  "candidates",
   "languages",
   "threads",
 ] as const;

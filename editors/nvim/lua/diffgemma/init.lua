@@ -9,7 +9,7 @@ M.defaults = {
   --- The server's full command line, `--stdio` included.
   cmd = { 'diffgemma-ls', '--stdio' },
   --- The server's `diffgemma` section: model, quantize, device, canvasLength, maxSteps,
-  --- latencyBudgetMs, languages, threads (see the server's README).
+  --- latencyBudgetMs, candidates, languages, threads (see the server's README).
   settings = {},
   --- The filetypes the server is started for (it answers for its model's languages and
   --- `settings.languages` only).
