@@ -89,14 +89,7 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ValueError('must be a list of language ids, e.g. ["python", "go"]')
         return tuple(value)
-    bounds = {
-        "canvas_length": (4, 1024),
-        "max_steps": (1, 1024),
-        "latency_budget_ms": (10, 600_000),
-        "candidates": (1, 8),
-        "threads": (0, 512),
-    }
-    low, high = bounds[name]
+    low, high = _BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"must be a whole number from {low} to {high}")
     return value
