@@ -40,6 +40,12 @@ class Session:
         self.result = result
         self.statuses: list[dict[str, Any]] = []
         client.feature("diffgemma/status")(lambda params: self.statuses.append(_plain(params)))
+        self.applied: list[types.ApplyWorkspaceEditParams] = []  # workspace/applyEdit from the server
+
+        @client.feature(types.WORKSPACE_APPLY_EDIT)
+        def apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+            self.applied.append(params)
+            return types.ApplyWorkspaceEditResult(applied=True)
 
     async def wait_for_state(self, *states: str, timeout: float = 120) -> dict[str, Any]:
         async def poll() -> dict[str, Any]:
@@ -53,6 +59,22 @@ class Session:
         self.client.text_document_did_open(
             types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, language, 1, text))
         )
+
+    async def fill(self, start: tuple[int, int], end: tuple[int, int]) -> bool:
+        """``diffgemma.fill`` on a range of lines and characters; whether the server applied an edit."""
+        result = await self.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(
+                "diffgemma.fill",
+                [
+                    URI,
+                    {
+                        "start": {"line": start[0], "character": start[1]},
+                        "end": {"line": end[0], "character": end[1]},
+                    },
+                ],
+            )
+        )
+        return result.applied if hasattr(result, "applied") else result["applied"]
 
     async def inline(self, position: types.Position = CURSOR, uri: str = URI) -> types.InlineCompletionList:
         return await self.client.text_document_inline_completion_async(
@@ -303,29 +325,12 @@ async def test_fill_code_action_and_command(session: Session) -> None:
     assert edit.range == pass_range
     assert set(edit.new_text) == {"x"}
 
-    applied: list[types.ApplyWorkspaceEditParams] = []
-
-    @session.client.feature(types.WORKSPACE_APPLY_EDIT)
-    def apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
-        applied.append(params)
-        return types.ApplyWorkspaceEditResult(applied=True)
-
-    result = await session.client.workspace_execute_command_async(
-        types.ExecuteCommandParams(
-            "diffgemma.fill",
-            [URI, {"start": {"line": 1, "character": 5}, "end": {"line": 1, "character": 5}}],
-        )
-    )
-    assert result.applied if hasattr(result, "applied") else result["applied"]
+    assert await session.fill((1, 5), (1, 5))
+    applied = session.applied
     assert applied and applied[0].edit.changes[URI][0].range == pass_range
 
     # a whole-line selection (Neovim's V) regenerates the code on it, not its indentation and break
-    await session.client.workspace_execute_command_async(
-        types.ExecuteCommandParams(
-            "diffgemma.fill",
-            [URI, {"start": {"line": 1, "character": 0}, "end": {"line": 2, "character": 0}}],
-        )
-    )
+    await session.fill((1, 0), (2, 0))
     assert len(applied) == 2 and applied[1].edit.changes[URI][0].range == pass_range
 
 
@@ -333,21 +338,8 @@ async def test_fill_that_breaks_the_syntax_changes_nothing(session: Session) -> 
     """The constant model's ``xxx...`` between ``1`` and ``2`` does not parse: nothing is applied."""
     await session.wait_for_state("ready")
     session.open("y = 1 + 2\nprint(y)\n")
-    applied: list[types.ApplyWorkspaceEditParams] = []
-
-    @session.client.feature(types.WORKSPACE_APPLY_EDIT)
-    def apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
-        applied.append(params)
-        return types.ApplyWorkspaceEditResult(applied=True)
-
-    result = await session.client.workspace_execute_command_async(
-        types.ExecuteCommandParams(
-            "diffgemma.fill",
-            [URI, {"start": {"line": 0, "character": 6}, "end": {"line": 0, "character": 7}}],
-        )
-    )
-    assert not (result.applied if hasattr(result, "applied") else result["applied"])
-    assert not applied
+    assert not await session.fill((0, 6), (0, 7))
+    assert not session.applied
 
 
 async def test_accept_prefetches_the_next_completion(session: Session, constant_model_dir: Path) -> None:

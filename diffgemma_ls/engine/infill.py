@@ -209,8 +209,9 @@ class Engine:
             cache, reused = self._take_prompt_cache(cache_key, prompt)
             rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
             input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
-            banned = [*self.end_ids, *self.tokenizer.all_special_ids]
-            processors = LogitsProcessorList([DistinctStarts(banned)] if options.candidates > 1 else [])
+            processors = LogitsProcessorList()
+            if options.candidates > 1:
+                processors.append(DistinctStarts([*self.end_ids, *self.tokenizer.all_special_ids]))
             budget_exhausted = False
             try:
                 self._view(options.canvas_length).generate(
