@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from diffgemma_ls import __version__
 from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
-from diffgemma_ls.config import Settings, default_threads, settings_from_cli
+from diffgemma_ls.config import MAX_CANDIDATES, Settings, default_threads, settings_from_cli
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
 
 if TYPE_CHECKING:
@@ -110,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidates",
         type=int,
         default=1,
-        choices=range(1, 9),
+        choices=range(1, MAX_CANDIDATES + 1),
         metavar="N",
-        help="alternatives from one batched run (1-8); FILE mode then prints them as a JSON list",
+        help=f"alternatives from one batched run (1-{MAX_CANDIDATES}); FILE mode prints them as a JSON list",
     )
     _decode_flags(infill)
 

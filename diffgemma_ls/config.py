@@ -20,6 +20,9 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+MAX_CANDIDATES = 8  # alternatives per explicit request: each is one more batch row
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the server serves and how. Field names are the CLI's; ``CLIENT_KEYS`` maps the client's."""
@@ -64,7 +67,7 @@ _BOUNDS = {
     "canvas_length": (4, 1024),
     "max_steps": (1, 1024),
     "latency_budget_ms": (10, 600_000),
-    "candidates": (1, 8),
+    "candidates": (1, MAX_CANDIDATES),
     "threads": (0, 512),
 }
 

@@ -129,10 +129,8 @@ def breaks_syntax(text: str, start: int, end: int, replacement: str, language_id
     parser = get_parser(grammar) if grammar else None
     if parser is None:
         return False
-    base, before = _window(text, start)
-    stop = base + len(before)
-    if stop < end:  # the region runs past the window: judge the region with its own lines
-        stop = end
+    base, window = _window(text, start)
+    stop = max(base + len(window), end)  # a region longer than the window is judged whole
     before = text[base:stop]
     after = text[base:start] + replacement + text[end:stop]
     old, new = (
