@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="do not compute the next completion right after one is accepted",
     )
+    parser.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        default=None,
+        help="start every canvas from noise, not from the still-valid part of the previous one",
+    )
     sub = parser.add_subparsers(dest="command")
 
     infill = sub.add_parser(
@@ -167,7 +174,7 @@ def serve(args: argparse.Namespace) -> int:
             settings,
             **{
                 k: v
-                for k in ("prompt_caches", "typeahead", "prefetch")
+                for k in ("prompt_caches", "typeahead", "prefetch", "warm_start")
                 if (v := getattr(args, k)) is not None
             },
         )

@@ -17,6 +17,7 @@ from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult
 from diffgemma_ls.engine.loader import load_model
+from diffgemma_ls.fill import breaks_syntax
 from diffgemma_ls.postprocess import Completion, postprocess
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
@@ -48,7 +49,9 @@ class Outcome:
         return (
             f"context {self.context_ms:.1f} ms, prefill {r.prefill_ms:.1f} ms ({r.prompt_tokens} tokens), "
             f"denoise {r.denoise_ms:.1f} ms ({r.forward_passes} passes, {r.tokens_per_forward:.1f} tok/pass"
-            f"{', budget spent' if r.budget_exhausted else ''}), postprocess {self.postprocess_ms:.1f} ms, "
+            f"{', budget spent' if r.budget_exhausted else ''}"
+            f"{f', {r.seeded_tokens} seeded' if r.seeded_tokens else ''}), "
+            f"postprocess {self.postprocess_ms:.1f} ms, "
             f"{len(self.completion.text) if self.completion else 0} chars"
         )
 
@@ -63,7 +66,7 @@ def load_engine(settings: Settings) -> Engine:
         allow_download=settings.allow_download,
         trust_remote_code=settings.trust_remote_code,
     )
-    return Engine(loaded, prompt_caches=settings.prompt_caches)
+    return Engine(loaded, prompt_caches=settings.prompt_caches, warm_start=settings.warm_start)
 
 
 def decode_options(
@@ -136,8 +139,12 @@ def plan_fill(
     decode: str = "adaptive",
     steps: int | None = None,
     entropy_bound: float | None = None,
+    candidates: int = 1,
 ) -> CompletionRequest:
-    """A fill regenerates ``text[start:end]``: the model sees the document without it, cursor at ``start``."""
+    """A fill regenerates ``text[start:end]``: the model sees the document without it, cursor at ``start``.
+
+    ``candidates`` > 1 decodes alternatives in the same batched run, for ``choose_fill``.
+    """
     request = plan(
         text[:start] + text[end:],
         start,
@@ -150,10 +157,28 @@ def plan_fill(
         decode=decode,
         steps=steps,
         entropy_bound=entropy_bound,
+        candidates=candidates,
     )
     assert request is not None  # invoked=True always plans a completion
     options = dataclasses.replace(request.options, max_canvases=FILL_CANVASES)
     return dataclasses.replace(request, options=options)
+
+
+def choose_fill(
+    outcome: Outcome, text: str, start: int, end: int, language_id: str, uri: str = ""
+) -> Completion | None:
+    """The fill to apply: the first candidate that changes the region and keeps the file's syntax.
+
+    Candidates in order: the plain answer, then the batched alternatives. ``None`` when every one
+    is the region unchanged or adds syntax errors (``fill.breaks_syntax``): the fill changes nothing.
+    """
+    first = [outcome.completion] if outcome.completion is not None else []
+    for candidate in [*first, *outcome.alternatives]:
+        if candidate.text == text[start:end]:
+            continue
+        if not breaks_syntax(text, start, end, candidate.text, language_id, uri):
+            return candidate
+    return None
 
 
 def run(
@@ -195,18 +220,22 @@ def complete_text(
     steps: int | None = None,
     entropy_bound: float | None = None,
     deadline: float | None = None,
-    candidates: int = 1,
+    candidates: int | None = None,
 ) -> Outcome:
     """Complete between ``prefix`` and ``suffix`` as if the cursor sat there in one document.
 
     ``mode`` is a completion mode (``auto``, ``line``, ``block``) or ``fill``: what the server's
-    "Fill with DiffusionGemma" does with a region cut out between ``prefix`` and ``suffix``.
+    "Fill with DiffusionGemma" does with a region cut out between ``prefix`` and ``suffix``, the
+    chosen candidate included (``settings.candidates`` of them unless ``candidates`` is given).
+    A completion decodes ``candidates`` rows, one unless given.
     """
     if mode == "fill":
         text, at = prefix + suffix, len(prefix)
         knobs = {"decode": decode, "steps": steps, "entropy_bound": entropy_bound}
-        request = plan_fill(text, at, at, language_id, settings, engine, **knobs)
-        return run(engine, request, deadline=deadline)
+        rows = candidates or settings.candidates
+        request = plan_fill(text, at, at, language_id, settings, engine, candidates=rows, **knobs)
+        outcome = run(engine, request, deadline=deadline)
+        return dataclasses.replace(outcome, completion=choose_fill(outcome, text, at, at, language_id))
     request = plan(
         prefix + suffix,
         len(prefix),
@@ -218,7 +247,7 @@ def complete_text(
         decode=decode,
         steps=steps,
         entropy_bound=entropy_bound,
-        candidates=candidates,
+        candidates=candidates or 1,
     )
     assert request is not None  # invoked=True always plans a completion
     return run(engine, request, deadline=deadline)

@@ -38,10 +38,11 @@ class Settings:
     threads: int = 0  # 0: default_threads()
     allow_download: bool = False
     # keystroke caches (CLI only, for measuring each one's effect): encoder caches kept, typing-ahead,
-    # the next answer computed right after an accept
+    # the next answer computed right after an accept, canvases seeded from the previous one
     prompt_caches: int = 8
     typeahead: bool = True
     prefetch: bool = True
+    warm_start: bool = True
     trust_remote_code: bool = False
 
     @property

@@ -6,7 +6,8 @@ request never blocks the loop. Each in-flight request has a ``threading.Event`` 
 between denoising steps: ``$/cancelRequest`` or a newer request for the same document sets it.
 
 ``diffgemma/debugState`` (a custom request) answers the sizes of that state - open documents, requests
-in flight, pending handler futures, cache entries, queued model jobs - and, given ``{"uri": ...}``,
+in flight, pending handler futures, cache entries, queued model jobs, work counters (the engine's
+forward passes and cache reuse, cancelled requests included; typing-ahead hits) - and, given ``{"uri": ...}``,
 the SHA-256 of the server's copy of that document: what a bug report or a test needs to tell a leak
 or a desynchronized document, without any document contents.
 """
@@ -38,13 +39,21 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import JsonRPCProtocol, LanguageServerProtocol, lsp_method
 
 from diffgemma_ls import __version__
-from diffgemma_ls.completion import CompletionRequest, Outcome, load_engine, plan, plan_fill, run
+from diffgemma_ls.completion import (
+    CompletionRequest,
+    Outcome,
+    choose_fill,
+    load_engine,
+    plan,
+    plan_fill,
+    run,
+)
 from diffgemma_ls.config import SECTION, Settings, merge_client_settings
 from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError
 from diffgemma_ls.engine.quantize import describe_model
-from diffgemma_ls.fill import breaks_syntax, fill_target, trim_selection
+from diffgemma_ls.fill import fill_target, trim_selection
 from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.typeahead import TypeAhead
 
@@ -216,7 +225,7 @@ class DiffgemmaServer(LanguageServer):
         self.settings = settings
         self.documents = DocumentStore()
         self.typeahead = TypeAhead()
-        self.stats: Counter[str] = Counter()  # totals for diffgemma/debugState and the keystroke bench
+        self.stats: Counter[str] = Counter()  # cache hits, for diffgemma/debugState and the keystroke bench
         self.model_state = ModelState(model=settings.model or "default")
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffgemma-model")
         self._inflight: dict[str, threading.Event] = {}
@@ -461,13 +470,6 @@ class DiffgemmaServer(LanguageServer):
         finally:
             if self._inflight.get(key) is cancel:
                 del self._inflight[key]
-        result = outcome.result
-        self.stats.update(
-            modelCalls=1,
-            forwardPasses=result.forward_passes,
-            promptTokens=result.prompt_tokens,
-            reusedPromptTokens=result.reused_prompt_tokens,
-        )
         log.info("%s %s", "fill" if key.endswith(FILL_KEY) else "completion", outcome.timing_line())
         return outcome
 
@@ -481,22 +483,24 @@ class DiffgemmaServer(LanguageServer):
             return None
         text, version = doc.text, doc.version
         start, end = trim_selection(text, start, end)
-        request = plan_fill(text, start, end, doc.language_id, self.settings, state.engine, uri=uri)
+        settings = self.settings
+        request = plan_fill(
+            text, start, end, doc.language_id, settings, state.engine, uri=uri, candidates=settings.candidates
+        )
         budget = FILL_BUDGET_FACTOR * self.settings.latency_budget_ms / 1000
         outcome = await self._run_model(uri + FILL_KEY, request, time.monotonic() + budget)
-        if outcome is None or outcome.completion is None or outcome.completion.text == text[start:end]:
+        if outcome is None:
             return None
-        if breaks_syntax(text, start, end, outcome.completion.text, doc.language_id, uri):
-            log.info("fill of %s discarded: the model's replacement does not parse", uri)
+        chosen = choose_fill(outcome, text, start, end, doc.language_id, uri)
+        if chosen is None:
+            log.info("fill of %s discarded: no candidate changes the region and parses", uri)
             return None
         if uri not in self.documents or self.documents.get(uri).version != version:
             return None  # edited meanwhile: the range no longer means what it meant
         edit_range = types.Range(
             types.Position(*doc.position_at(start)), types.Position(*doc.position_at(end))
         )
-        return types.WorkspaceEdit(
-            changes={uri: [types.TextEdit(range=edit_range, new_text=outcome.completion.text)]}
-        )
+        return types.WorkspaceEdit(changes={uri: [types.TextEdit(range=edit_range, new_text=chosen.text)]})
 
     def _answer(
         self, completion: Completion, text: str, offset: int, position: types.Position
@@ -718,6 +722,7 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             "promptCaches": len(engine._prompt_cache) if engine is not None else 0,
             "modelQueue": ls._model_thread._work_queue.qsize(),
             **ls.stats,
+            **(engine.totals if engine is not None else {}),
         }
         uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
         if isinstance(uri, str) and uri in ls.documents:

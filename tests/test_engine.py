@@ -158,7 +158,7 @@ def test_pickle_only_checkpoint_is_refused(random_model_dir: Path, tmp_path: Pat
 def test_prompt_cache_reuses_the_encoder_and_answers_the_same(random_model_dir: Path) -> None:
     options = DecodeOptions(canvas_length=16, max_steps=4)
     cold = Engine(load_model(str(random_model_dir), device="cpu"), prompt_caches=0)
-    warm = Engine(load_model(str(random_model_dir), device="cpu"), prompt_caches=2)
+    warm = Engine(load_model(str(random_model_dir), device="cpu"), prompt_caches=2, warm_start=False)
     prefix = PREFIX + "return a"
     first = warm.infill(PREFIX, SUFFIX, options, cache_key="doc")
     assert first.reused_prompt_tokens == 0
@@ -172,3 +172,50 @@ def test_prompt_cache_reuses_the_encoder_and_answers_the_same(random_model_dir: 
     assert len(warm._prompt_cache) == 2  # bounded, least recently used out
     warm.forget("c")
     assert list(warm._prompt_cache) == ["b"]
+
+
+SEQUENTIAL = DecodeOptions(mode="sequential", canvas_length=16)  # one pass per open position
+
+
+def test_warm_start_seeds_the_rest_of_the_previous_canvas(constant_model_dir: Path) -> None:
+    """Typing the first token of the last answer leaves 15 of 16 tokens valid: one pass decides the rest."""
+    warm = Engine(load_model(str(constant_model_dir), device="cpu"))
+    first = warm.infill(PREFIX, SUFFIX, SEQUENTIAL, cache_key="doc")
+    assert first.forward_passes == 16 and first.seeded_tokens == 0
+    typed = warm.infill(PREFIX + tiny.CONSTANT_TOKEN, SUFFIX, SEQUENTIAL, cache_key="doc")
+    cold = warm.infill(PREFIX + tiny.CONSTANT_TOKEN, SUFFIX, SEQUENTIAL)
+    assert typed.seeded_tokens == 15 and typed.forward_passes == 1
+    assert typed.text == cold.text and cold.forward_passes == 16
+    assert warm.totals["warmStarts"] == 1 and warm.totals["seededTokens"] == 15
+    other = warm.infill(PREFIX + "y", SUFFIX, SEQUENTIAL, cache_key="doc")  # not what the canvas said
+    assert other.seeded_tokens == 0 and other.forward_passes == 16
+
+
+def test_a_cancelled_request_leaves_its_committed_tokens_to_the_next(constant_model_dir: Path) -> None:
+    warm = Engine(load_model(str(constant_model_dir), device="cpu"))
+    steps = iter(range(100))
+    with pytest.raises(Cancelled):  # cancelled after its third pass
+        warm.infill(PREFIX, SUFFIX, SEQUENTIAL, cancelled=lambda: next(steps) >= 3, cache_key="doc")
+    again = warm.infill(PREFIX, SUFFIX, SEQUENTIAL, cache_key="doc")
+    assert again.seeded_tokens == 3 and again.forward_passes == 13
+    assert again.text == tiny.CONSTANT_TOKEN * 16
+    assert warm.totals["forwardPasses"] == 3 + 13  # the cancelled request's work is counted too
+    warm.forget("doc")
+    assert warm.infill(PREFIX, SUFFIX, SEQUENTIAL, cache_key="doc").seeded_tokens == 0
+
+
+def test_warm_start_off_starts_from_noise(constant_model_dir: Path) -> None:
+    cold = Engine(load_model(str(constant_model_dir), device="cpu"), warm_start=False)
+    cold.infill(PREFIX, SUFFIX, SEQUENTIAL, cache_key="doc")
+    typed = cold.infill(PREFIX + tiny.CONSTANT_TOKEN, SUFFIX, SEQUENTIAL, cache_key="doc")
+    assert typed.seeded_tokens == 0 and typed.forward_passes == 16
+
+
+def test_warm_start_with_transformers_own_sampler(uniform_model_dir: Path) -> None:
+    """Uniform noise (the real checkpoint's): the seed replaces random tokens in the first canvas."""
+    engine = Engine(load_model(str(uniform_model_dir), device="cpu"))
+    options = DecodeOptions(canvas_length=16, max_steps=4)
+    first = engine.infill(PREFIX, SUFFIX, options, cache_key="doc")
+    again = engine.infill(PREFIX, SUFFIX, options, cache_key="doc")
+    assert first.seeded_tokens == 0 and again.seeded_tokens > 0
+    assert again.forward_passes >= 1 and isinstance(again.text, str)

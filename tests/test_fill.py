@@ -1,8 +1,10 @@
-"""Fill targets: empty bodies and TODO lines, found without the model."""
+"""Fill targets (empty bodies, TODO lines), the syntax guard, the choice among candidates: no model."""
 
 import pytest
 
+from diffgemma_ls.completion import Outcome, choose_fill
 from diffgemma_ls.fill import breaks_syntax, fill_target, trim_selection
+from diffgemma_ls.postprocess import Completion
 
 
 def target(text: str, language: str = "python") -> str | None:
@@ -67,3 +69,24 @@ def test_breaks_syntax(text: str, replacement: str, broken: bool) -> None:
 
 def test_breaks_syntax_without_a_grammar_never_rejects() -> None:
     assert not breaks_syntax("x = 1\n", 4, 5, "{{{", "plaintext")
+
+
+def _outcome(*texts: str) -> Outcome:
+    first, *others = [Completion(t) for t in texts]
+    return Outcome(first, None, 0.0, alternatives=others)
+
+
+@pytest.mark.parametrize(
+    ("texts", "chosen"),
+    [
+        (("return x + 1",), "return x + 1"),
+        (("return x +", "return x * 2", "return"), "return x * 2"),  # the first that parses
+        (("pass", "return x"), "return x"),  # the region unchanged is no fill
+        (("return (", "x +"), None),  # nothing fits: the fill changes nothing
+    ],
+)
+def test_choose_fill_takes_the_first_that_parses(texts: tuple[str, ...], chosen: str | None) -> None:
+    text = "def f(x):\n    pass\n\n\nprint(f(1))\n"
+    start = text.index("pass")
+    choice = choose_fill(_outcome(*texts), text, start, start + 4, "python")
+    assert (choice.text if choice else None) == chosen

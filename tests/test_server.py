@@ -335,10 +335,10 @@ async def test_fill_code_action_and_command(session: Session) -> None:
 
 
 async def test_fill_that_breaks_the_syntax_changes_nothing(session: Session) -> None:
-    """The constant model's ``xxx...`` between ``1`` and ``2`` does not parse: nothing is applied."""
+    """No candidate of the constant model's (``xxx...``, ``\\nxxx...``) fits as a def's parameters."""
     await session.wait_for_state("ready")
-    session.open("y = 1 + 2\nprint(y)\n")
-    assert not await session.fill((0, 6), (0, 7))
+    session.open("def f(x):\n    return x\n")
+    assert not await session.fill((0, 5), (0, 8))
     assert not session.applied
 
 

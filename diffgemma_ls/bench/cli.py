@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from diffgemma_ls.bench.tasks import SUITES
-from diffgemma_ls.config import Settings
+from diffgemma_ls.config import MAX_CANDIDATES, Settings
 from diffgemma_ls.engine.loader import QUANTIZE_MODES
 from diffgemma_ls.engine.sampling import DECODE_MODES
 
@@ -102,6 +102,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"requests through a real LSP client, 0 to skip (default: {FULL_LSP}; --quick: {QUICK_LSP})",
     )
+    parser.add_argument(
+        "--fill-candidates",
+        type=int,
+        default=Settings().candidates,
+        help="candidates per ho-fill task, of which the first that parses is kept, as the server's fill "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--time-limit", type=float, default=10.0, help="seconds per sandboxed test run")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per test run")
 
@@ -116,8 +123,12 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     if (args.limit is not None and args.limit < 1) or (args.lsp_requests or 0) < 0:
         print("diffgemma-ls bench: --limit must be at least 1 and --lsp-requests at least 0", file=sys.stderr)
         return EXIT_USAGE
+    if not 1 <= args.fill_candidates <= MAX_CANDIDATES:
+        print(f"diffgemma-ls bench: --fill-candidates must be 1 to {MAX_CANDIDATES}", file=sys.stderr)
+        return EXIT_USAGE
     plan = BenchPlan(
-        settings=dataclasses.replace(settings, quantize="none"),  # ``--quantize`` is a list here
+        # ``--quantize`` is a list here; completions decode one candidate, fills settings.candidates
+        settings=dataclasses.replace(settings, quantize="none", candidates=args.fill_candidates),
         quantizations=args.quantize,
         modes=args.decode,
         steps=args.steps,

@@ -8,9 +8,11 @@ the typist accepts it (one keystroke, Tab, inserts all of it), as a person would
 configuration (all caches on, each one off, none):
 
 - time to completion per answered keystroke (p50, p95), and the fraction answered;
-- forward passes per keystroke, typing-ahead and prefetch hit rates, share of prompt tokens whose
-  encoder KV was reused (from the server's ``diffgemma/debugState`` counters), share of the span
-  typed by accepting completions;
+- forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
+  rates, warm-started model calls, share of prompt tokens whose encoder KV was reused (from the
+  server's ``diffgemma/debugState`` counters), share of the span typed by accepting completions;
+- quality: edit similarity of each answer's first line with the rest of the line actually typed
+  next, so a cache that answers fast but wrong shows up;
 - how often an answer differs from a cold answer on the same document state (no caches, computed
   in-process with the same model and settings).
 
@@ -32,12 +34,15 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
+from diffgemma_ls.bench.metrics import edit_similarity
+
 CONFIGS: dict[str, list[str]] = {
     "all caches": [],
     "no prefetch": ["--no-prefetch"],
     "no typing-ahead": ["--no-typeahead"],  # the prefetch keeps its answers there: off too
-    "no prompt cache": ["--prompt-caches", "0"],
-    "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0"],
+    "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
+    "no warm start": ["--no-warm-start"],
+    "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
 }
 
 
@@ -46,7 +51,12 @@ class Answer:
     text: str  # the document when the request was sent
     offset: int
     completion: str
+    expected: str  # what the typist types next, to the end of the line
     inserts: bool = True  # the answer inserts at the cursor (replaces nothing after it)
+
+    @property
+    def similarity(self) -> float:
+        return edit_similarity(self.completion.split("\n", 1)[0], self.expected)
 
 
 @dataclass
@@ -67,6 +77,10 @@ class Replay:
         if last.text != text or last.offset != cursor or not last.inserts or not last.completion:
             return ""
         return last.completion if rest.startswith(last.completion) else ""
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -149,7 +163,8 @@ async def replay(
             text, cursor, typed = text[:cursor] + keys + text[cursor:], cursor + len(keys), typed + len(keys)
             if pending is not None and not pending.done():
                 pending.cancel()  # _request sends $/cancelRequest for it
-            pending = asyncio.ensure_future(_request(client, uri, text, cursor, result))
+            expected = span[typed:].split("\n", 1)[0]
+            pending = asyncio.ensure_future(_request(client, uri, text, cursor, expected, result))
             result.keystrokes += 1
             await asyncio.sleep(interval_s)
         if pending is not None:
@@ -167,7 +182,9 @@ def _plain(obj: Any) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else obj._asdict()
 
 
-async def _request(client: LanguageClient, uri: str, text: str, cursor: int, result: Replay) -> None:
+async def _request(
+    client: LanguageClient, uri: str, text: str, cursor: int, expected: str, result: Replay
+) -> None:
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri),
         position=_position(text, cursor),
@@ -189,10 +206,11 @@ async def _request(client: LanguageClient, uri: str, text: str, cursor: int, res
     result.latencies_ms.append((time.perf_counter() - started) * 1000)
     items = answer.items if answer is not None else []
     if not items:
-        result.answers.append(Answer(text, cursor, ""))
+        result.answers.append(Answer(text, cursor, "", expected))
         return
     r = items[0].range
-    result.answers.append(Answer(text, cursor, items[0].insert_text, r is None or r.start == r.end))
+    inserts = r is None or r.start == r.end
+    result.answers.append(Answer(text, cursor, items[0].insert_text, expected, inserts))
 
 
 def cold_agreement(model: str, answers: list[Answer], limit: int) -> tuple[int, int]:
@@ -224,7 +242,9 @@ def summarize(name: str, replay_: Replay, agreement: tuple[int, int]) -> dict[st
         "passes_per_key": s.get("forwardPasses", 0) / keys,
         "typeahead_hit_rate": s.get("typeaheadHits", 0) / keys,
         "prefetch_hit_rate": s.get("prefetchHits", 0) / keys,
+        "warm_start_rate": s.get("warmStarts", 0) / max(1, s.get("modelCalls", 0)),
         "accepted": replay_.accepted_chars / max(1, replay_.span_chars),
+        "next_line_similarity": _mean([a.similarity for a in replay_.answers]),
         "prompt_reuse": s.get("reusedPromptTokens", 0) / max(1, s.get("promptTokens", 0)),
         "same_as_cold": agreement[0] / agreement[1] if agreement[1] else float("nan"),
     }
@@ -249,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"{len(work)} files, {args.chars} characters each, one key every {args.interval_ms:.0f} ms\n")
     header = ["config", "keys", "answered", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
-    header += ["prefetch hits", "typed by accepting"]
-    print("| " + " | ".join([*header, "prompt KV reused", "same as cold"]) + " |")
-    print("| :-- |" + " --: |" * (len(header) + 1))
+    header += ["prefetch hits", "warm-started calls", "typed by accepting"]
+    header += ["prompt KV reused", "next-line similarity", "same as cold"]
+    print("| " + " | ".join(header) + " |")
+    print("| :-- |" + " --: |" * (len(header) - 1))
     for r in rows:
         cells = [
             r["config"],
@@ -262,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['passes_per_key']:.2f}",
             f"{r['typeahead_hit_rate']:.0%}",
             f"{r['prefetch_hit_rate']:.0%}",
+            f"{r['warm_start_rate']:.0%}",
             f"{r['accepted']:.0%}",
             f"{r['prompt_reuse']:.0%}",
+            f"{r['next_line_similarity']:.1%}",
             f"{r['same_as_cold']:.0%}",
         ]
         print("| " + " | ".join(cells) + " |")

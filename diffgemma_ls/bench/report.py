@@ -97,7 +97,8 @@ def summary(result: dict[str, Any]) -> str:
     meta = result["meta"]
     parts = [
         f"model {meta['model']}, {meta['threads']} thread(s), tasks per suite {meta['tasks_per_suite']}"
-        + (f", held-out files {meta['heldout_files_found']}" if "heldout_files_found" in meta else ""),
+        + (f", held-out files {meta['heldout_files_found']}" if "heldout_files_found" in meta else "")
+        + f", fill candidates {meta['fill_candidates']}",
         text_table(result["rows"]),
         *ratio_lines(result),
     ]

@@ -218,6 +218,7 @@ def run_bench_plan(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
             "default_entropy_bound": next(iter(workers.values()))["default_entropy_bound"],
             "sweep_bounds": list(plan.sweep_bounds),
             "limit_per_suite": plan.limit,
+            "fill_candidates": plan.settings.candidates,
             "threads": next(iter(workers.values()))["threads"],
             "sandbox": {**dataclasses.asdict(plan.limits), "network": network_isolation()},
             "sandbox_runs": scorer.sandbox_runs,

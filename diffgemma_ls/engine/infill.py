@@ -3,7 +3,8 @@
 What it adds around ``generate()``: the FIM prompt, a per-request canvas length (a shallow view of the
 model with its own config, so no config shared between requests is mutated), a wall-clock budget and
 a cancellation check between denoising steps (a streamer's ``put_draft`` hook, which ``generate()``
-calls after every step), per-request timings, and a deterministic seed taken from the prompt.
+calls after every step), per-request timings, a deterministic seed taken from the prompt, and the
+per-document keystroke state: the encoder cache of the last prompt and its first canvas (warm start).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,14 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 from diffgemma_ls.engine.loader import LoadedModel
 from diffgemma_ls.engine.model import CodeDiffusionGemma
-from diffgemma_ls.engine.sampling import DECODE_MODES, CodeSamplerConfig, DecodeMode, DistinctStarts
+from diffgemma_ls.engine.sampling import (
+    DECODE_MODES,
+    CodeSampler,
+    CodeSamplerConfig,
+    DecodeMode,
+    DistinctStarts,
+)
+from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
 from diffgemma_ls.prompt import build_prompt
 
 
@@ -72,6 +80,10 @@ class InfillResult:
     token_ids: list[int] = field(default_factory=list)
     reused_prompt_tokens: int = 0  # prompt tokens whose encoder KV came from the previous request
     alternatives: list[str] = field(default_factory=list)  # rows 1.. of a batched candidates run
+    seeded_tokens: int = 0  # committed canvas tokens carried over from the previous request (warm start)
+
+
+TOTALS = ("modelCalls", "forwardPasses", "promptTokens", "reusedPromptTokens", "warmStarts", "seededTokens")
 
 
 class _StepMonitor:
@@ -141,15 +153,22 @@ class Engine:
     With a ``cache_key`` (the server uses the document URI), the encoder KV cache of the last prompt
     is kept, and the next request only prefills what changed after the longest common token prefix:
     the prompt puts the suffix first, so typing at the cursor keeps everything up to the cursor.
-    At most ``prompt_caches`` documents keep a cache (least recently used first out).
+    With ``warm_start``, the first canvas of the last request is kept too, and the next request's
+    canvas starts from what is still valid of it (``warmstart.seed_from``).
+    At most ``prompt_caches`` documents keep this state (least recently used first out).
     """
 
     MIN_REUSE = 4  # below this many shared tokens a fresh prefill is as cheap and simpler
 
-    def __init__(self, loaded: LoadedModel, prompt_caches: int = 8):
+    def __init__(self, loaded: LoadedModel, prompt_caches: int = 8, warm_start: bool = True):
         self.loaded = loaded
         self.prompt_caches = prompt_caches
+        self.warm_start = warm_start
         self._prompt_cache: OrderedDict[str, _PromptCache] = OrderedDict()
+        self._drafts: OrderedDict[str, Draft] = OrderedDict()
+        # work done, cancelled and budget-cut requests included: what the keystroke bench counts.
+        # Every key exists from the start, so another thread can copy it while a request adds to it.
+        self.totals: Counter[str] = Counter(dict.fromkeys(TOTALS, 0))
         self.model: CodeDiffusionGemma = loaded.model
         self.tokenizer = loaded.tokenizer
         self._lock = threading.Lock()
@@ -187,7 +206,8 @@ class Engine:
 
         ``deadline`` is a ``time.monotonic()`` instant: once passed, the current draft is returned
         (``budget_exhausted``). ``cancelled`` is polled between steps and raises ``Cancelled``.
-        ``cache_key`` reuses the encoder cache of the previous request with the same key.
+        ``cache_key`` reuses the encoder cache (and, with warm start, the canvas) of the previous
+        request with the same key.
         """
         options = options or DecodeOptions()
         prompt = build_prompt(self.tokenizer, prefix, suffix).ids
@@ -207,14 +227,19 @@ class Engine:
             if options.candidates > 1:
                 cache_key = None  # a batch's cache is not the document's batch-1 cache
             cache, reused = self._take_prompt_cache(cache_key, prompt)
+            seed = self._take_seed(cache_key, prefix, suffix)
             rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
             input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
             processors = LogitsProcessorList()
             if options.candidates > 1:
                 processors.append(DistinctStarts([*self.end_ids, *self.tokenizer.all_special_ids]))
+            start = {}
+            if seed is not None:  # generate() takes a caller's first canvas as decoder_input_ids
+                start["decoder_input_ids"] = self._seed_canvas(seed, options.canvas_length)
+            view = self._view(options.canvas_length)
             budget_exhausted = False
             try:
-                self._view(options.canvas_length).generate(
+                view.generate(
                     input_ids,
                     past_key_values=cache,
                     max_new_tokens=options.canvas_length * options.max_canvases,
@@ -222,11 +247,21 @@ class Engine:
                     sampler_config=sampler_config,
                     logits_processor=processors,
                     streamer=monitor,
+                    **start,
                 )
             except _BudgetSpent:
                 budget_exhausted = True
             finally:
                 self._keep_prompt_cache(cache_key, prompt, cache)
+                self._keep_draft(cache_key, prefix, suffix, monitor, view)
+                self.totals.update(
+                    modelCalls=1,
+                    forwardPasses=monitor.forward_passes,
+                    promptTokens=len(prompt),
+                    reusedPromptTokens=reused,
+                    warmStarts=int(seed is not None),
+                    seededTokens=0 if seed is None else min(seed.committed, options.canvas_length),
+                )
             elapsed = time.perf_counter() - started
             prefill = self._encoder_timer.total
         pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
@@ -246,16 +281,20 @@ class Engine:
             token_ids=middle,
             reused_prompt_tokens=reused,
             alternatives=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in others],
+            seeded_tokens=0 if seed is None else min(seed.committed, options.canvas_length),
         )
 
     def warm_up(self) -> None:
         """One tiny request, so the first real one does not pay torch's lazy initialization (~seconds)."""
         self.infill("", "", DecodeOptions(mode="fixed", max_steps=1))
+        for key in self.totals:  # not a request: it counts nothing
+            self.totals[key] = 0
 
     def forget(self, cache_key: str) -> None:
         """Drop a document's cached prompt (the document was closed)."""
         with self._lock:
             self._prompt_cache.pop(cache_key, None)
+            self._drafts.pop(cache_key, None)
 
     def _take_prompt_cache(self, key: str | None, prompt: list[int]) -> tuple[DynamicCache, int]:
         """A cache holding the longest reusable prefix of ``prompt``, and its length."""
@@ -283,6 +322,54 @@ class Engine:
         self._prompt_cache[key] = _PromptCache(prompt[:length], cache)
         while len(self._prompt_cache) > self.prompt_caches:
             self._prompt_cache.popitem(last=False)
+
+    def _take_seed(self, key: str | None, prefix: str, suffix: str) -> Seed | None:
+        """What is still valid of the document's previous first canvas, as this request's start."""
+        draft = self._drafts.get(key) if key is not None and self.warm_start else None
+        if draft is None:
+            return None
+        return seed_from(
+            draft,
+            prefix,
+            suffix,
+            piece=lambda t: self.tokenizer.decode([t]),
+            encode=lambda s: self.tokenizer.encode(s, add_special_tokens=False),
+            end_ids=self.end_ids,
+        )
+
+    def _seed_canvas(self, seed: Seed, canvas_length: int) -> torch.Tensor:
+        """(1, canvas): the seed's tokens, noise where it leaves a position open (mask or uniform)."""
+        mask_id = self.model.mask_token_id
+        if mask_id is None:  # uniform noise, as transformers' sampler starts its canvas
+            canvas = torch.randint(self.model.config.get_text_config().vocab_size, (1, canvas_length))
+        else:
+            canvas = torch.full((1, canvas_length), mask_id, dtype=torch.long)
+        for i, token in enumerate(seed.tokens[:canvas_length]):
+            if token is not None:
+                canvas[0, i] = token
+        return canvas.to(self.loaded.device)
+
+    def _keep_draft(
+        self, key: str | None, prefix: str, suffix: str, monitor: _StepMonitor, view: CodeDiffusionGemma
+    ) -> None:
+        """Keep the first canvas of a batch-1 request, finished or not, for the next warm start."""
+        if key is None or not self.warm_start or self.prompt_caches <= 0:
+            return
+        sampler = getattr(view, "_generation_sampler", None)
+        if monitor.finished_canvases:
+            tokens = monitor.finished_canvases[0][0].tolist()
+            committed = [True] * len(tokens)
+        elif isinstance(sampler, CodeSampler) and sampler.canvas is not None:
+            tokens, committed = sampler.canvas[0].tolist(), sampler.committed[0].tolist()
+        elif monitor.draft is not None:  # transformers' own sampler: its latest canvas is the seed
+            tokens = monitor.draft[0].tolist()
+            committed = [True] * len(tokens)
+        else:
+            return
+        self._drafts[key] = Draft(prefix, suffix, tuple(tokens), tuple(committed))
+        self._drafts.move_to_end(key)
+        while len(self._drafts) > self.prompt_caches:
+            self._drafts.popitem(last=False)
 
     def _cut_at_end(self, ids: list[int]) -> list[int]:
         for i, tid in enumerate(ids):

@@ -13,7 +13,8 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
 * a schedule floor, so that the canvas is always fully decoded within the step cap (``fixed`` mode
   decodes exactly ``ceil(free / steps_left)`` tokens per step and never exits early);
 * ``left_to_right`` order, one token per forward pass: the autoregressive-equivalent baseline;
-* once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``.
+* once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``;
+* with mask noise, every non-mask token of a starting canvas is committed (a warm start's seed).
 
 ``DistinctStarts`` is a logits processor for batched candidates (rows = alternatives for one prompt).
 """
@@ -68,6 +69,7 @@ class CodeSampler(EntropyBoundSampler):
         self.pad_token_id = pad_token_id
         self.end_ids = torch.tensor(sorted({*eos_token_ids, pad_token_id}))
         self.committed: torch.Tensor | None = None  # (batch, canvas) bool
+        self.canvas: torch.Tensor | None = None  # (batch, canvas): the last accepted canvas
 
     def initialize_canvas(self, batch_size: int, device: torch.device) -> torch.LongTensor:
         self.committed = torch.zeros(batch_size, self.canvas_length, dtype=torch.bool, device=device)
@@ -85,8 +87,10 @@ class CodeSampler(EntropyBoundSampler):
         cur_step: int,
     ) -> torch.LongTensor:
         if self.committed is None or self.committed.shape != current_canvas.shape:
-            # a caller-provided starting canvas (warm start) skips initialize_canvas
             self.committed = torch.zeros_like(current_canvas, dtype=torch.bool)
+        if self.mask_token_id is not None:
+            # absorbing noise: a token in the canvas is committed, including a warm start's seed
+            self.committed = self.committed | (current_canvas != self.mask_token_id)
         free = ~self.committed  # (batch, canvas)
         n_free = free.sum(dim=-1, keepdim=True)  # (batch, 1)
         proposal = logits.argmax(dim=-1)  # (batch, canvas): greedy, so requests are deterministic
@@ -118,6 +122,7 @@ class CodeSampler(EntropyBoundSampler):
         accepted = torch.where(after_end, torch.full_like(accepted, self.pad_token_id), accepted)
         self.committed = self.committed | after_end
         self.accepted_token_mask = self.committed
+        self.canvas = accepted
         return accepted
 
     def renoise_canvas(self, accepted_canvas: torch.LongTensor, cur_step: int) -> torch.LongTensor:
