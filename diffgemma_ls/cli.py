@@ -1,7 +1,8 @@
-"""Command line: ``diffgemma-ls [--stdio|--tcp]`` serves LSP; ``infill`` and ``info`` are tools.
+"""Command line: ``diffgemma-ls [--stdio|--tcp]`` serves LSP; ``infill``, ``fill``, ``info``, ``bench``
+are tools.
 
-Exit codes (other tools depend on them): 0 success (an empty completion included), 1 the model cannot
-load, 2 bad usage.
+Exit codes (other tools depend on them): 0 success (an empty completion or fill included), 1 the model
+cannot load, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from diffgemma_ls import __version__
 from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
 from diffgemma_ls.config import MAX_CANDIDATES, Settings, default_threads, settings_from_cli
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
+from diffgemma_ls.fill import fill_target, trim_selection
 
 if TYPE_CHECKING:
     from diffgemma_ls.completion import Outcome
@@ -122,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"alternatives from one batched run (1-{MAX_CANDIDATES}); FILE mode prints them as a JSON list",
     )
     _decode_flags(infill)
+
+    fill = sub.add_parser(
+        "fill", parents=[common], help="regenerate a region of a file, as the editors' Fill does; prints it"
+    )
+    fill.add_argument("file", type=Path, help="source file")
+    fill.add_argument("--lines", metavar="A-B", help="1-based lines to regenerate (a whole-line selection)")
+    fill.add_argument("--line", type=int, help="1-based line of an empty body or TODO line to fill")
+    fill.add_argument("--col", type=int, default=1, help="1-based column with --line (default: 1)")
+    fill.add_argument("--language", help="language id (default: from the file extension)")
+    fill.add_argument(
+        "--candidates",
+        type=int,
+        default=Settings().candidates,
+        choices=range(1, MAX_CANDIDATES + 1),
+        metavar="N",
+        help="candidates from one batched run; the first that parses is printed (default: %(default)s)",
+    )
+    _decode_flags(fill)
 
     info = sub.add_parser("info", parents=[common], help="what would be served: model, device, quantization")
     info.add_argument("--json", action="store_true", help="one JSON object")
@@ -268,6 +288,60 @@ def infill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def fill(args: argparse.Namespace) -> int:
+    """Print the replacement for a region, or say on stderr why there is none (the file is never written)."""
+    from diffgemma_ls.completion import choose_fill, plan_fill, run
+
+    try:
+        text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        print(f"diffgemma-ls fill: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    language = args.language or LANGUAGE_BY_EXTENSION.get(args.file.suffix.lower(), "python")
+    region = _fill_region(text, args, language)
+    if isinstance(region, str):
+        print(f"diffgemma-ls fill: {region}", file=sys.stderr)
+        return EXIT_USAGE
+    engine = _load_engine(args)
+    if engine is None:
+        return EXIT_MODEL
+    start, end = region
+    knobs = {"candidates": args.candidates, **_decode_settings(args)}
+    request = plan_fill(text, start, end, language, _settings(args), engine, uri=str(args.file), **knobs)
+    outcome = run(engine, request)
+    chosen = choose_fill(outcome, text, start, end, language, str(args.file))
+    if chosen is None:
+        print(
+            f"diffgemma-ls fill: nothing to fill here: none of {args.candidates} candidate(s) is code that "
+            "changes the region and parses",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    sys.stdout.write(chosen.text + "\n")
+    return EXIT_OK
+
+
+def _fill_region(text: str, args: argparse.Namespace, language: str) -> tuple[int, int] | str:
+    """(start, end) offsets to regenerate, or a message saying what is wrong with the flags."""
+    if (args.lines is None) == (args.line is None):
+        return "give --lines A-B, or --line L [--col C] on an empty body or a TODO line"
+    if args.lines is not None:
+        first, _, last = args.lines.partition("-")
+        if not (first.isdigit() and (last or first).isdigit()) or not 1 <= int(first) <= int(last or first):
+            return f"--lines takes A-B with 1 <= A <= B, got {args.lines!r}"
+        start, end = _offset_of(text, int(first), 1), _offset_of(text, int(last or first) + 1, 1)
+        if start is None:
+            return f"line {first} is outside the file"
+        return trim_selection(text, start, len(text) if end is None else end)
+    offset = _offset_of(text, args.line, args.col) if args.line >= 1 and args.col >= 1 else None
+    if offset is None:
+        return f"line {args.line}, column {args.col} is outside the file"
+    target = fill_target(text, offset, language, str(args.file))
+    if target is None:
+        return f"no empty body or TODO line at {args.line}:{args.col}; select lines with --lines A-B"
+    return target
+
+
 def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace) -> dict:
     from diffgemma_ls.completion import complete_text
 
@@ -348,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     if args.command == "infill":
         return infill(args)
+    if args.command == "fill":
+        return fill(args)
     if args.command == "info":
         return info(args)
     if args.command == "bench":

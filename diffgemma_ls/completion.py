@@ -17,7 +17,7 @@ from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult
 from diffgemma_ls.engine.loader import load_model
-from diffgemma_ls.fill import breaks_syntax
+from diffgemma_ls.fill import breaks_syntax, has_code
 from diffgemma_ls.postprocess import Completion, postprocess
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
@@ -167,14 +167,15 @@ def plan_fill(
 def choose_fill(
     outcome: Outcome, text: str, start: int, end: int, language_id: str, uri: str = ""
 ) -> Completion | None:
-    """The fill to apply: the first candidate that changes the region and keeps the file's syntax.
+    """The fill to apply: the first candidate that is code, changes the region and keeps the syntax.
 
     Candidates in order: the plain answer, then the batched alternatives. ``None`` when every one
-    is the region unchanged or adds syntax errors (``fill.breaks_syntax``): the fill changes nothing.
+    is only comments or placeholders (``fill.has_code``), the region unchanged, or adds syntax
+    errors (``fill.breaks_syntax``): then the fill changes nothing.
     """
     first = [outcome.completion] if outcome.completion is not None else []
     for candidate in [*first, *outcome.alternatives]:
-        if candidate.text == text[start:end]:
+        if candidate.text == text[start:end] or not has_code(candidate.text, language_id, uri):
             continue
         if not breaks_syntax(text, start, end, candidate.text, language_id, uri):
             return candidate

@@ -12,6 +12,7 @@ A selection is trimmed by ``trim_selection`` first, so whole-line selections beh
 
 from __future__ import annotations
 
+import ast
 import re
 
 from tree_sitter import Node
@@ -96,6 +97,22 @@ def fill_target(text: str, offset: int, language_id: str, uri: str = "") -> tupl
     return None
 
 
+def has_code(replacement: str, language_id: str, uri: str = "") -> bool:
+    """Whether a replacement holds more than blanks, comments and placeholders (``pass``, ``...``).
+
+    A fill that writes only a comment or a placeholder where the user asked for code is nothing
+    useful, so it changes nothing. Without a grammar, any non-blank text counts.
+    """
+    if not replacement.strip():
+        return False
+    grammar = grammar_name(language_id, uri)
+    parser = get_parser(grammar) if grammar else None
+    if parser is None:
+        return True
+    root = parser.parse(replacement.encode("utf-8", "surrogatepass")).root_node
+    return any(not _is_placeholder(node) for node in root.named_children)
+
+
 def trim_selection(text: str, start: int, end: int) -> tuple[int, int]:
     """``[start, end)`` without the blank space at either end; unchanged if it is all blank.
 
@@ -123,7 +140,8 @@ def breaks_syntax(text: str, start: int, end: int, replacement: str, language_id
     A fill rewrites code the user already has, so a replacement that does not parse where the
     original did is worse than nothing: the server then changes nothing. Both versions are parsed on
     the same window around the region; errors the file already had do not count against the fill.
-    Languages without a grammar are never judged broken.
+    Python is also compiled (to an AST, nothing runs), since tree-sitter accepts some indentation
+    errors. Languages without a grammar are never judged broken.
     """
     grammar = grammar_name(language_id, uri)
     parser = get_parser(grammar) if grammar else None
@@ -137,4 +155,15 @@ def breaks_syntax(text: str, start: int, end: int, replacement: str, language_id
         _error_count(parser.parse(version.encode("utf-8", "surrogatepass")).root_node)
         for version in (before, after)
     )
-    return new > old
+    if new > old:
+        return True
+    return grammar == "python" and _compiles(before) and not _compiles(after)
+
+
+def _compiles(source: str) -> bool:
+    """Whether Python accepts ``source`` (parsed to an AST only: nothing is executed)."""
+    try:
+        compile(source, "<fill>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True

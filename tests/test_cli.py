@@ -79,3 +79,25 @@ def test_info_json_reports_what_is_served(random_model_dir: Path) -> None:
     info = json.loads(done.stdout)
     assert info["quantization"] == "4bit" and info["noise_kind"] == "mask"
     assert info["quantized_fraction"] > 0.9 and info["footprint_bytes"] > 0
+
+
+def test_fill_prints_the_replacement_or_says_why_not(constant_model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "todo.py"
+    source.write_text("def f(x):\n    pass\n\n\nprint(f(1))\n")
+    model = ("--model", str(constant_model_dir))
+    body = cli("fill", str(source), "--line", "2", "--col", "5", *model)  # the empty body at the cursor
+    assert body.returncode == 0, body.stderr
+    assert set(body.stdout.strip()) == {tiny.CONSTANT_TOKEN}  # `xxx...` is code and parses there
+    closer = tmp_path / "closer.py"
+    closer.write_text("total = (1 +\n         2)\nprint(total)\n")
+    broken = cli("fill", str(closer), "--lines", "2", *model)
+    assert broken.returncode == 0 and not broken.stdout  # no `xxx...` candidate closes the parenthesis
+    assert "nothing to fill here" in broken.stderr
+    for flags, message in [
+        (("--lines", "3-1"), "1 <= A <= B"),
+        (("--lines", "40"), "outside the file"),
+        (("--line", "5"), "no empty body or TODO line"),
+        ((), "give --lines"),
+    ]:
+        done = cli("fill", str(source), *flags, *model)
+        assert done.returncode == 2 and message in done.stderr, (flags, done.stderr)

@@ -3,7 +3,7 @@
 import pytest
 
 from diffgemma_ls.completion import Outcome, choose_fill
-from diffgemma_ls.fill import breaks_syntax, fill_target, trim_selection
+from diffgemma_ls.fill import breaks_syntax, fill_target, has_code, trim_selection
 from diffgemma_ls.postprocess import Completion
 
 
@@ -60,6 +60,8 @@ def test_trim_selection(selected: str, kept: str) -> None:
         ("def f(x):\n    pass\n\nprint(f(1))\n", "return (x +", True),
         ("def f(x):\n    pass\n\nprint(f(1)\n", "return x", False),  # the error was already there
         ("def f(x):\n    pass\n\nprint(f(1)\n", "return [x", True),  # one more error
+        ("def f(x):\n    pass\n\nprint(f(1))\n", "y = x\n  return y", True),  # indentation: compile
+        ("def f(x):\n    pass\n\nprint(f(1))\n", "y = x\n    return y", False),
     ],
 )
 def test_breaks_syntax(text: str, replacement: str, broken: bool) -> None:
@@ -82,6 +84,7 @@ def _outcome(*texts: str) -> Outcome:
         (("return x + 1",), "return x + 1"),
         (("return x +", "return x * 2", "return"), "return x * 2"),  # the first that parses
         (("pass", "return x"), "return x"),  # the region unchanged is no fill
+        (("# compute it", "...", "  ", "return x"), "return x"),  # nor a comment, a placeholder, blanks
         (("return (", "x +"), None),  # nothing fits: the fill changes nothing
     ],
 )
@@ -90,3 +93,21 @@ def test_choose_fill_takes_the_first_that_parses(texts: tuple[str, ...], chosen:
     start = text.index("pass")
     choice = choose_fill(_outcome(*texts), text, start, start + 4, "python")
     assert (choice.text if choice else None) == chosen
+
+
+@pytest.mark.parametrize(
+    ("replacement", "language", "expected"),
+    [
+        ("return x", "python", True),
+        ("x = 1  # one", "python", True),
+        ("# only a comment", "python", False),
+        ("pass", "python", False),
+        ("...", "python", False),
+        ("\n  \n", "python", False),
+        ("// later", "javascript", False),
+        ("return a;", "javascript", True),
+        ("anything", "no-such-language", True),
+    ],
+)
+def test_has_code(replacement: str, language: str, expected: bool) -> None:
+    assert has_code(replacement, language) is expected
