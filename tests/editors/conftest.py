@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 
-from diffgemma_ls.completion import complete_text, plan_fill, run
+from diffgemma_ls.completion import choose_fill, complete_text, plan_fill, run
 from diffgemma_ls.config import Settings
 from diffgemma_ls.engine.infill import Engine
 from diffgemma_ls.engine.loader import load_model
@@ -73,9 +73,10 @@ def expected_fill(model_dir: Path, text: str, start: int, end: int, language_id:
     engine = Engine(load_model(str(model_dir), device="cpu"))
     start, end = trim_selection(text, start, end)
     settings = Settings(latency_budget_ms=LATENCY_BUDGET_MS)
-    outcome = run(engine, plan_fill(text, start, end, language_id, settings, engine))
-    assert outcome.completion is not None
-    return text[:start] + outcome.completion.text + text[end:]
+    request = plan_fill(text, start, end, language_id, settings, engine, candidates=settings.candidates)
+    chosen = choose_fill(run(engine, request), text, start, end, language_id)
+    assert chosen is not None
+    return text[:start] + chosen.text + text[end:]
 
 
 def parses(text: str, grammar: str = "python") -> bool:
