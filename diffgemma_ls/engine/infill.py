@@ -228,6 +228,7 @@ class Engine:
                 cache_key = None  # a batch's cache is not the document's batch-1 cache
             cache, reused = self._take_prompt_cache(cache_key, prompt)
             seed = self._take_seed(cache_key, prefix, suffix)
+            seeded = 0 if seed is None else seed.committed_within(options.canvas_length)
             rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
             input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
             processors = LogitsProcessorList()
@@ -259,8 +260,8 @@ class Engine:
                     forwardPasses=monitor.forward_passes,
                     promptTokens=len(prompt),
                     reusedPromptTokens=reused,
-                    warmStarts=int(seed is not None),
-                    seededTokens=0 if seed is None else min(seed.committed, options.canvas_length),
+                    warmStarts=int(seeded > 0),
+                    seededTokens=seeded,
                 )
             elapsed = time.perf_counter() - started
             prefill = self._encoder_timer.total
@@ -281,7 +282,7 @@ class Engine:
             token_ids=middle,
             reused_prompt_tokens=reused,
             alternatives=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in others],
-            seeded_tokens=0 if seed is None else min(seed.committed, options.canvas_length),
+            seeded_tokens=seeded,
         )
 
     def warm_up(self) -> None:

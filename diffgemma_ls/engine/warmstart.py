@@ -38,7 +38,11 @@ class Seed:
 
     @property
     def committed(self) -> int:
-        return sum(t is not None for t in self.tokens)
+        return self.committed_within(len(self.tokens))
+
+    def committed_within(self, canvas_length: int) -> int:
+        """Committed tokens that fit a canvas of ``canvas_length`` (the rest are dropped)."""
+        return sum(t is not None for t in self.tokens[:canvas_length])
 
 
 def typed_since(previous_prefix: str, prefix: str) -> str | None:
