@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from diffgemma_ls.cli import main
 from tests import tiny
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
@@ -93,11 +96,21 @@ def test_fill_prints_the_replacement_or_says_why_not(constant_model_dir: Path, t
     broken = cli("fill", str(closer), "--lines", "2", *model)
     assert broken.returncode == 0 and not broken.stdout  # no `xxx...` candidate closes the parenthesis
     assert "nothing to fill here" in broken.stderr
-    for flags, message in [
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
         (("--lines", "3-1"), "1 <= A <= B"),
         (("--lines", "40"), "outside the file"),
         (("--line", "5"), "no empty body or TODO line"),
         ((), "give --lines"),
-    ]:
-        done = cli("fill", str(source), *flags, *model)
-        assert done.returncode == 2 and message in done.stderr, (flags, done.stderr)
+    ],
+)
+def test_fill_usage_errors_before_loading_any_model(
+    flags: tuple[str, ...], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "todo.py"
+    source.write_text("def f(x):\n    pass\n\n\nprint(f(1))\n")
+    assert main(["fill", str(source), *flags, "--model", str(tmp_path / "no-model")]) == 2
+    assert message in capsys.readouterr().err
