@@ -3,9 +3,9 @@
 While a person types, the request for the previous keystroke is usually superseded before its canvas
 is fully denoised, and its committed tokens are thrown away. When the characters typed since are
 exactly the start of that canvas, the rest of it is still a valid start for the new one: shifted
-left past the typed characters, its committed tokens seed the new canvas, so the denoiser only
-decides the positions left open (DiffusionGemma's canvas is position-free enough for this: a
-committed token is context, like the prompt). Pure: token ids and strings in, token ids out.
+left past the typed characters (canvas position 0 is always the token right after the prompt, i.e.
+at the cursor), its committed tokens seed the new canvas, so the denoiser only decides the positions
+left open. Pure: token ids and strings in, token ids out.
 """
 
 from __future__ import annotations
