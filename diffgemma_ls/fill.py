@@ -157,10 +157,10 @@ def breaks_syntax(text: str, start: int, end: int, replacement: str, language_id
     )
     if new > old:
         return True
-    return grammar == "python" and _compiles(before) and not _compiles(after)
+    return grammar == "python" and python_compiles(before) and not python_compiles(after)
 
 
-def _compiles(source: str) -> bool:
+def python_compiles(source: str) -> bool:
     """Whether Python accepts ``source`` (parsed to an AST only: nothing is executed)."""
     try:
         compile(source, "<fill>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)

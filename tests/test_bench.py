@@ -14,7 +14,7 @@ import pytest
 
 from diffgemma_ls.bench import runner
 from diffgemma_ls.bench.baseline import nearest_line_completion
-from diffgemma_ls.bench.metrics import Scorer, edit_similarity, normalize
+from diffgemma_ls.bench.metrics import Scorer, edit_similarity, normalize, parses
 from diffgemma_ls.bench.report import COLUMNS, FILES
 from diffgemma_ls.bench.sandbox import Limits, network_isolation, run_python
 from diffgemma_ls.bench.tasks import SUITES, heldout_files, humaneval_tasks, load_tasks
@@ -83,6 +83,21 @@ def test_metrics_ignore_trailing_whitespace_only() -> None:
     assert edit_similarity("", "") == 1.0
     assert edit_similarity("abcd", "abcx") == pytest.approx(0.75)
     assert edit_similarity("", "abc") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("document", "language", "expected"),
+    [
+        ("def f(x):\n    return x\n", "python", True),
+        ("def f(x):\n    return (x\n", "python", False),
+        ("def f(x):\n    \n\nx = 1\n", "python", False),  # an empty body: tree-sitter alone accepts it
+        ("x = 1\n  y = 2\n", "python", False),  # unexpected indent
+        ("function f() {}\n", "javascript", True),
+        ("anything", "plaintext", None),
+    ],
+)
+def test_parses_is_what_the_language_accepts(document: str, language: str, expected: bool | None) -> None:
+    assert parses(document, language) is expected
 
 
 def test_baseline_copies_the_nearest_matching_line() -> None:

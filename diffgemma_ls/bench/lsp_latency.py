@@ -1,7 +1,9 @@
 """Latency as an editor sees it: a real LSP client driving ``python -m diffgemma_ls --stdio``.
 
 Each request opens one task's document and asks for an inline completion at its cursor
-(``Invoked``, as a keystroke-triggered request with a shortcut would). Three clocks:
+(``Invoked``, so that every task gets a model call even where as-you-type requests get none),
+with ``candidates`` set to 1 so it costs what an as-you-type completion costs (an explicit
+request's alternatives are measured apart, see README "candidates"). Three clocks:
 
 - ``client``: request sent to response read, in this process (pygls' ``LanguageClient``): JSON-RPC
   over pipes, the server's document store, context, model and post-processing;
@@ -96,7 +98,9 @@ async def _session(command: list[str], tasks: list[Task]) -> tuple[list[float], 
         )
     )
     try:
-        await client.initialize_async(types.InitializeParams(capabilities=capabilities))
+        await client.initialize_async(
+            types.InitializeParams(capabilities=capabilities, initialization_options={"candidates": 1})
+        )
         client.initialized(types.InitializedParams())
         await asyncio.wait_for(_ready(statuses), READY_TIMEOUT_S)
         client_ms, server_ms = [], []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from diffgemma_ls.bench.sandbox import Limits, SandboxResult, run_python
 from diffgemma_ls.bench.tasks import Task
+from diffgemma_ls.fill import python_compiles
 from diffgemma_ls.languages import get_parser, grammar_name
 
 MAX_EDIT_CHARS = 2000  # Levenshtein is quadratic; longer texts are compared on their start
@@ -49,12 +50,19 @@ def apply_completion(task: Task, text: str, replace_end: int = 0) -> str:
 
 
 def parses(document: str, language: str) -> bool | None:
-    """Whether tree-sitter parses the document without an error node; ``None`` without a grammar."""
+    """Whether the document parses; ``None`` without a grammar.
+
+    Tree-sitter without an error node, and for Python also an AST compile (nothing runs):
+    tree-sitter-python accepts an empty function body and some indentation errors, which would count
+    a fill that left a body empty as valid code.
+    """
     grammar = grammar_name(language)
     parser = get_parser(grammar) if grammar else None
     if parser is None:
         return None
-    return not parser.parse(document.encode("utf-8", errors="surrogatepass")).root_node.has_error
+    if parser.parse(document.encode("utf-8", errors="surrogatepass")).root_node.has_error:
+        return False
+    return python_compiles(document) if grammar == "python" else True
 
 
 def humaneval_program(task: Task, document: str) -> str:
