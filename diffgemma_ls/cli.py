@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not compute the next completion right after one is accepted",
     )
     parser.add_argument(
+        "--debounce-ms",
+        type=int,
+        help="as-you-type requests wait this long and are dropped unrun if typing goes on (default: 0)",
+    )
+    parser.add_argument(
         "--no-warm-start",
         dest="warm_start",
         action="store_false",
@@ -194,7 +199,7 @@ def serve(args: argparse.Namespace) -> int:
             settings,
             **{
                 k: v
-                for k in ("prompt_caches", "typeahead", "prefetch", "warm_start")
+                for k in ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms")
                 if (v := getattr(args, k)) is not None
             },
         )

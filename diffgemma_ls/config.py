@@ -33,6 +33,7 @@ class Settings:
     canvas_length: int = 32
     max_steps: int = 16
     latency_budget_ms: int = 1000
+    debounce_ms: int = 0  # an as-you-type request waits this long; a keystroke meanwhile drops it unrun
     candidates: int = 3  # alternatives on an explicit (Invoked) request, from one batched run
     languages: tuple[str, ...] = ()  # extra languages opted into, beyond the model's own
     threads: int = 0  # 0: default_threads()
@@ -58,6 +59,7 @@ CLIENT_KEYS = {
     "canvasLength": "canvas_length",
     "maxSteps": "max_steps",
     "latencyBudgetMs": "latency_budget_ms",
+    "debounceMs": "debounce_ms",
     "candidates": "candidates",
     "languages": "languages",
     "threads": "threads",
@@ -68,6 +70,7 @@ _BOUNDS = {
     "canvas_length": (4, 1024),
     "max_steps": (1, 1024),
     "latency_budget_ms": (10, 600_000),
+    "debounce_ms": (0, 5_000),
     "candidates": (1, MAX_CANDIDATES),
     "threads": (0, 512),
 }

@@ -389,6 +389,8 @@ class DiffgemmaServer(LanguageServer):
         )
         if request is None:
             return []
+        if not invoked and self.settings.debounce_ms > 0:
+            await self._debounce(uri, doc.version)
         outcome = await self._run_model(uri, request, started + self.settings.latency_budget_ms / 1000)
         if outcome is None:
             return []
@@ -441,6 +443,17 @@ class DiffgemmaServer(LanguageServer):
         if pending is None or pending[0] != text or pending[1] != offset:
             return None
         return pending[2]
+
+    async def _debounce(self, uri: str, version: int) -> None:
+        """Wait ``debounce_ms``; raise RequestCancelled if the document changed meanwhile.
+
+        While someone types faster than a completion takes, every model run would be cancelled by the
+        next keystroke after doing some passes: waiting first drops those runs before any work.
+        """
+        await asyncio.sleep(self.settings.debounce_ms / 1000)
+        if uri not in self.documents or self.documents.get(uri).version != version:
+            self.stats["debounced"] += 1
+            raise JsonRpcRequestCancelled("superseded by a keystroke while debouncing")
 
     async def _run_model(self, key: str, request: CompletionRequest, deadline: float) -> Outcome | None:
         """Run one request on the model thread; a newer one with the same key supersedes it.

@@ -365,3 +365,37 @@ async def test_accept_prefetches_the_next_completion(session: Session, constant_
     assert answer.insert_text == expected_completion(
         constant_model_dir, accepted, CURSOR.line, after.character, Settings()
     )
+
+
+async def test_debounce_drops_an_as_you_type_request_when_typing_goes_on(constant_model_dir: Path) -> None:
+    """With debounceMs, a keystroke during the wait cancels the request before any model work."""
+    async with start(constant_model_dir, capabilities("neovim"), {"debounceMs": 300}) as s:
+        await s.wait_for_state("ready")
+        s.open()
+        automatic = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)
+        first = asyncio.ensure_future(  # sent now, not when awaited
+            s.client.text_document_inline_completion_async(
+                types.InlineCompletionParams(
+                    context=automatic, text_document=types.TextDocumentIdentifier(URI), position=CURSOR
+                )
+            )
+        )
+        await asyncio.sleep(0.05)
+        s.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=2, uri=URI),
+                [types.TextDocumentContentChangePartial(types.Range(CURSOR, CURSOR), "o")],
+            )
+        )
+        with pytest.raises(JsonRpcRequestCancelled):
+            await first
+        after = types.Position(CURSOR.line, CURSOR.character + 1)
+        answer = await s.client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                context=automatic, text_document=types.TextDocumentIdentifier(URI), position=after
+            )
+        )
+        assert answer.items  # a pause after the keystroke: this one runs
+        state = await s.client.protocol.send_request_async("diffgemma/debugState", {})
+        state = state if isinstance(state, dict) else state._asdict()
+        assert state["debounced"] == 1 and state["modelCalls"] == 1, state

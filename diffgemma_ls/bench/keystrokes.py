@@ -5,7 +5,8 @@ time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke
 interval; a request still pending when the next key arrives is cancelled (``$/cancelRequest``), as
 editors do. When the answer shown for the current state is exactly what comes next in the span,
 the typist accepts it (one keystroke, Tab, inserts all of it), as a person would. Reported per
-configuration (all caches on, each one off, none):
+configuration (all caches on, each one off, none, and with a debounce;
+``--configs`` picks some):
 
 - time to completion per answered keystroke (p50, p95), and the fraction answered;
 - forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
@@ -43,6 +44,8 @@ CONFIGS: dict[str, list[str]] = {
     "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
     "no warm start": ["--no-warm-start"],
     "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
+    "debounce 50 ms": ["--debounce-ms", "50"],
+    "debounce 150 ms": ["--debounce-ms", "150"],
 }
 
 
@@ -257,12 +260,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chars", type=int, default=40, help="characters typed per file")
     parser.add_argument("--interval-ms", type=float, default=100.0, help="time between keystrokes")
     parser.add_argument("--agreement-sample", type=int, default=20, help="answers compared with cold ones")
+    parser.add_argument(
+        "--configs",
+        type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+        default=list(CONFIGS),
+        help=f"comma list of configs to run (default: all of {', '.join(CONFIGS)})",
+    )
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
     texts = [p.read_text(encoding="utf-8") for p in args.files] if args.files else _default_texts()
     work = spans(texts, args.chars)
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs: {', '.join(unknown)}")
     rows = []
-    for name, server_args in CONFIGS.items():
+    for name in args.configs:
+        server_args = CONFIGS[name]
         result = asyncio.run(replay(args.model, server_args, work, args.interval_ms / 1000))
         rows.append(
             summarize(name, result, cold_agreement(args.model, result.answers, args.agreement_sample))
