@@ -85,6 +85,7 @@ def decode_options(
         max_steps=steps or settings.max_steps,
         entropy_bound=entropy_bound,
         candidates=candidates,
+        first_line_only=mode == "line",
     )
 
 

@@ -30,6 +30,7 @@ from diffgemma_ls.engine.sampling import (
     CodeSamplerConfig,
     DecodeMode,
     DistinctStarts,
+    LineStop,
 )
 from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
 from diffgemma_ls.prompt import build_prompt
@@ -50,6 +51,8 @@ class DecodeOptions:
     ``max_steps`` caps forward passes per canvas in ``adaptive`` mode and is the exact count in ``fixed``;
     ``sequential`` takes one pass per token. ``max_canvases`` > 1 continues block-autoregressively.
     ``candidates`` > 1 denoises that many alternatives as one batch (``InfillResult.alternatives``).
+    ``first_line_only`` (line mode) ends a canvas once its first line is decoded (``LineStop``;
+    with ``CodeSampler`` only: transformers' own sampler keeps its own stop).
     """
 
     mode: DecodeMode = "adaptive"
@@ -58,6 +61,7 @@ class DecodeOptions:
     max_steps: int = 16
     entropy_bound: float | None = None
     candidates: int = 1
+    first_line_only: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:
@@ -173,6 +177,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self._lock = threading.Lock()
         self._views: dict[int, CodeDiffusionGemma] = {}
+        self._newline_texts: dict[int, str] | None = None  # built on the first line-mode request
         self._encoder_timer = _EncoderTimer(self.model.model.encoder)
         gen = self.model.generation_config
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
@@ -180,6 +185,14 @@ class Engine:
         self.end_ids = {self.pad_id, *([eos] if isinstance(eos, int) else eos)}
         sampler_config = getattr(gen, "sampler_config", None)
         self.default_entropy_bound = sampler_config.entropy_bound if sampler_config is not None else 0.1
+
+    def _line_stop(self, prefix: str) -> LineStop:
+        """The first-line rule for a cursor after ``prefix`` (see ``postprocess.single_line``)."""
+        if self._newline_texts is None:
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._newline_texts = {i: text for i, text in enumerate(texts) if "\n" in text}
+        blank_line = not prefix.rpartition("\n")[2].strip()
+        return LineStop(self._newline_texts, skip_blank_start=blank_line)
 
     def _view(self, canvas_length: int) -> CodeDiffusionGemma:
         """The model with ``config.canvas_length`` set for this request, sharing every weight."""
@@ -216,7 +229,8 @@ class Engine:
         if options.mode == "adaptive" and self.model.noise_kind == "uniform":
             sampler_config = EntropyBoundSamplerConfig(entropy_bound=bound)  # the real model's own sampler
         else:
-            sampler_config = CodeSamplerConfig(entropy_bound=bound, mode=options.mode)
+            line_stop = self._line_stop(prefix) if options.first_line_only else None
+            sampler_config = CodeSamplerConfig(entropy_bound=bound, mode=options.mode, line_stop=line_stop)
         steps = options.canvas_length if options.mode == "sequential" else options.max_steps
         with self._lock:
             if cancelled is not None and cancelled():
@@ -267,6 +281,11 @@ class Engine:
             prefill = self._encoder_timer.total
         pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
         generated = torch.cat(pieces, dim=-1).tolist() if pieces else [[]]  # (candidates, tokens)
+        sampler = getattr(view, "_generation_sampler", None)
+        if isinstance(sampler, CodeSampler) and sampler.line_stop is not None and sampler.line_cut:
+            # past the first line the canvas holds padding, and the draft the model's unused guesses
+            cuts = sampler.line_cut
+            generated = [row if cut is None else row[:cut] for row, cut in zip(generated, cuts, strict=True)]
         middle, *others = (self._cut_at_end(row) for row in generated)
         generated = generated[0]
         passes = monitor.forward_passes
@@ -367,6 +386,9 @@ class Engine:
             committed = [True] * len(tokens)
         else:
             return
+        cut = sampler.line_cut[0] if isinstance(sampler, CodeSampler) and sampler.line_cut else None
+        if cut is not None:  # line mode padded the rest: open again, for the model to decide next time
+            committed = [*committed[:cut], *[False] * (len(committed) - cut)]
         self._drafts[key] = Draft(prefix, suffix, tuple(tokens), tuple(committed))
         self._drafts.move_to_end(key)
         while len(self._drafts) > self.prompt_caches:

@@ -14,14 +14,19 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
   decodes exactly ``ceil(free / steps_left)`` tokens per step and never exits early);
 * ``left_to_right`` order, one token per forward pass: the autoregressive-equivalent baseline;
 * once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``;
-* with mask noise, every non-mask token of a starting canvas is committed (a warm start's seed).
+* with mask noise, every non-mask token of a starting canvas is committed (a warm start's seed);
+* ``line_stop`` (line mode): once the committed run from the cursor holds the whole first line,
+  everything after it is PAD and committed, so the request ends without decoding text that
+  post-processing would cut off anyway.
 
 ``DistinctStarts`` is a logits processor for batched candidates (rows = alternatives for one prompt).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,11 +42,48 @@ DecodeMode = Literal["adaptive", "fixed", "sequential"]
 DECODE_MODES: tuple[DecodeMode, ...] = ("adaptive", "fixed", "sequential")
 
 
+@dataclass(frozen=True)
+class LineStop:
+    """Where the first line of a canvas ends, by the rule line-mode post-processing cuts with.
+
+    ``newline_texts`` maps each token whose text holds a line break to that text (any other token
+    is simply non-empty text). ``skip_blank_start`` is post-processing's rule for a cursor with only
+    whitespace before it on its line: leading line breaks are dropped, so the line that counts is
+    the first one with something on it.
+    """
+
+    newline_texts: Mapping[int, str]
+    skip_blank_start: bool
+
+    def line_end(self, tokens: Sequence[int], committed: Sequence[bool]) -> int | None:
+        """Index of the token that ends the first line, if the committed run from position 0 reaches it."""
+        started = not self.skip_blank_start
+        for i, (token, done) in enumerate(zip(tokens, committed, strict=True)):
+            if not done:
+                return None
+            text = self.newline_texts.get(token)
+            if text is None:
+                started = True
+                continue
+            if not started:
+                text = text.lstrip("\n")
+            if "\n" in text:
+                return i
+            started = started or bool(text)
+        return None
+
+
 @dataclass
 class CodeSamplerConfig(EntropyBoundSamplerConfig):
     """``EntropyBoundSamplerConfig`` plus the decode mode (a subclass, so ``generate()`` validates it)."""
 
     mode: DecodeMode = "adaptive"
+    line_stop: LineStop | None = None
+
+    def to_dict(self) -> dict:
+        """As saved and printed with a generation config: ``line_stop`` is per request, not a setting."""
+        saved = {key: value for key, value in self.__dict__.items() if key != "line_stop"}
+        return {**copy.deepcopy(saved), "_cls_name": type(self).__name__}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +107,10 @@ class CodeSampler(EntropyBoundSampler):
     ):
         super().__init__(config, canvas_length, vocab_size, max_denoising_steps)
         self.mode = config.mode
+        self.line_stop = config.line_stop
+        # per row, the first position padded by ``line_stop`` (None: not cut); a warm start must not
+        # take that padding for the model's own answer
+        self.line_cut: list[int | None] = []
         self.mask_token_id = mask_token_id
         self.pad_token_id = pad_token_id
         self.end_ids = torch.tensor(sorted({*eos_token_ids, pad_token_id}))
@@ -121,9 +167,24 @@ class CodeSampler(EntropyBoundSampler):
         after_end = (torch.cumsum(is_end.int(), dim=-1) - is_end.int()) > 0
         accepted = torch.where(after_end, torch.full_like(accepted, self.pad_token_id), accepted)
         self.committed = self.committed | after_end
+        if self.line_stop is not None:
+            after_line = self._after_first_line(accepted)
+            accepted = accepted.masked_fill(after_line, self.pad_token_id)
+            self.committed = self.committed | after_line
         self.accepted_token_mask = self.committed
         self.canvas = accepted
         return accepted
+
+    def _after_first_line(self, canvas: torch.LongTensor) -> torch.BoolTensor:
+        """(batch, canvas): positions after a committed, complete first line."""
+        after = torch.zeros_like(self.committed)
+        self.line_cut = []
+        for row, (tokens, committed) in enumerate(zip(canvas.tolist(), self.committed.tolist(), strict=True)):
+            end = self.line_stop.line_end(tokens, committed)
+            self.line_cut.append(None if end is None else end + 1)
+            if end is not None:
+                after[row, end + 1 :] = True
+        return after
 
     def renoise_canvas(self, accepted_canvas: torch.LongTensor, cur_step: int) -> torch.LongTensor:
         if self.mask_token_id is None:
