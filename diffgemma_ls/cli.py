@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from diffgemma_ls import __version__
 from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
-from diffgemma_ls.config import MAX_CANDIDATES, Settings, default_threads, settings_from_cli
+from diffgemma_ls.config import MAX_CANDIDATES, Settings, default_threads, settings_from_cli, validate_setting
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
 from diffgemma_ls.fill import fill_target, trim_selection
 
@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--debounce-ms",
-        type=int,
-        help="as-you-type requests wait this long and are dropped unrun if typing goes on (default: 0)",
+        type=_debounce_ms,
+        help="as-you-type requests wait this long (ms) and are dropped unrun if typing goes on; "
+        "auto: 1.5x the typist's interval between keys, at most 250 ms (default: auto)",
     )
     parser.add_argument(
         "--no-warm-start",
@@ -188,6 +189,14 @@ def parse_tcp(value: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--tcp takes [HOST:]PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _debounce_ms(value: str) -> int | str:
+    """``--debounce-ms``: ``auto`` or whole milliseconds (checked like the client's ``debounceMs``)."""
+    try:
+        return validate_setting("debounce_ms", value if value == "auto" else int(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def serve(args: argparse.Namespace) -> int:

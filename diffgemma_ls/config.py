@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
 
@@ -33,7 +33,9 @@ class Settings:
     canvas_length: int = 32
     max_steps: int = 16
     latency_budget_ms: int = 1000
-    debounce_ms: int = 0  # an as-you-type request waits this long; a keystroke meanwhile drops it unrun
+    # an as-you-type request waits this long (ms), and a keystroke meanwhile drops it unrun; "auto":
+    # 1.5x the typist's recent interval between keys, at most 250 ms (pace.py)
+    debounce_ms: int | Literal["auto"] = "auto"
     candidates: int = 3  # alternatives on an explicit (Invoked) request, from one batched run
     languages: tuple[str, ...] = ()  # extra languages opted into, beyond the model's own
     threads: int = 0  # 0: default_threads()
@@ -76,7 +78,7 @@ _BOUNDS = {
 }
 
 
-def _validate(name: str, value: Any) -> Any:
+def validate_setting(name: str, value: Any) -> Any:
     """Return the value in its settings type, or raise ValueError with a message for the user."""
     if name == "model":
         if value is None or value == "":
@@ -96,9 +98,12 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ValueError('must be a list of language ids, e.g. ["python", "go"]')
         return tuple(value)
+    if name == "debounce_ms" and value == "auto":
+        return value
     low, high = _BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"must be a whole number from {low} to {high}")
+        also = ' or "auto"' if name == "debounce_ms" else ""
+        raise ValueError(f"must be a whole number from {low} to {high}{also}")
     return value
 
 
@@ -121,7 +126,7 @@ def merge_client_settings(base: Settings, client: Any) -> tuple[Settings, list[s
         if value is None:
             continue  # unset in the client: keep the CLI's value
         try:
-            changes[name] = _validate(name, value)
+            changes[name] = validate_setting(name, value)
         except ValueError as exc:
             problems.append(f"{SECTION}.{key} = {value!r}: {exc}")
     return replace(base, **changes), problems

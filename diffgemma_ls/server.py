@@ -54,6 +54,7 @@ from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError
 from diffgemma_ls.engine.quantize import describe_model
 from diffgemma_ls.fill import fill_target, trim_selection
+from diffgemma_ls.pace import TypingPace
 from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.typeahead import TypeAhead
 
@@ -225,6 +226,7 @@ class DiffgemmaServer(LanguageServer):
         self.settings = settings
         self.documents = DocumentStore()
         self.typeahead = TypeAhead()
+        self.pace = TypingPace()
         self.stats: Counter[str] = Counter()  # cache hits, for diffgemma/debugState and the keystroke bench
         self.model_state = ModelState(model=settings.model or "default")
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffgemma-model")
@@ -389,8 +391,9 @@ class DiffgemmaServer(LanguageServer):
         )
         if request is None:
             return []
-        if not invoked and self.settings.debounce_ms > 0:
-            await self._debounce(uri, doc.version)
+        delay_ms = self.pace.delay_ms() if self.settings.debounce_ms == "auto" else self.settings.debounce_ms
+        if not invoked and delay_ms > 0:
+            await self._debounce(uri, doc.version, delay_ms)
         outcome = await self._run_model(uri, request, started + self.settings.latency_budget_ms / 1000)
         if outcome is None:
             return []
@@ -444,13 +447,13 @@ class DiffgemmaServer(LanguageServer):
             return None
         return pending[2]
 
-    async def _debounce(self, uri: str, version: int) -> None:
-        """Wait ``debounce_ms``; raise RequestCancelled if the document changed meanwhile.
+    async def _debounce(self, uri: str, version: int, delay_ms: float) -> None:
+        """Wait ``delay_ms``; raise RequestCancelled if the document changed meanwhile.
 
         While someone types faster than a completion takes, every model run would be cancelled by the
         next keystroke after doing some passes: waiting first drops those runs before any work.
         """
-        await asyncio.sleep(self.settings.debounce_ms / 1000)
+        await asyncio.sleep(delay_ms / 1000)
         if uri not in self.documents or self.documents.get(uri).version != version:
             self.stats["debounced"] += 1
             raise JsonRpcRequestCancelled("superseded by a keystroke while debouncing")
@@ -621,6 +624,7 @@ def create_server(settings: Settings) -> DiffgemmaServer:
         except UnknownDocument:
             log.warning("didChange for a document that is not open: %s", params.text_document.uri)
             return
+        ls.pace.edited(time.monotonic())
         ls.prefetch_after_accept(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -734,6 +738,7 @@ def create_server(settings: Settings) -> DiffgemmaServer:
             "prefetching": len(ls._prefetches),
             "promptCaches": len(engine._prompt_cache) if engine is not None else 0,
             "modelQueue": ls._model_thread._work_queue.qsize(),
+            "autoDebounceMs": round(ls.pace.delay_ms()),
             **ls.stats,
             **(engine.totals if engine is not None else {}),
         }

@@ -216,7 +216,7 @@ async def test_broken_model_path_is_reported_once_and_server_stays_up(tmp_path: 
 
 
 async def test_invalid_settings_one_message_and_defaults(constant_model_dir: Path) -> None:
-    options = {"diffgemma": {"canvasLength": "long", "quantize": "3bit", "maxStepz": 4}}
+    options = {"diffgemma": {"canvasLength": "long", "quantize": "3bit", "maxStepz": 4, "debounceMs": "soon"}}
     async with start(constant_model_dir, capabilities("neovim"), options) as s:
         await s.wait_for_state("ready")
         s.open()
@@ -225,6 +225,7 @@ async def test_invalid_settings_one_message_and_defaults(constant_model_dir: Pat
         messages = [m.message for m in s.client.messages]
         assert len(messages) == 1
         assert "canvasLength" in messages[0] and "quantize" in messages[0] and "maxStepz" in messages[0]
+        assert "debounceMs = 'soon': must be a whole number from 0 to 5000 or \"auto\"" in messages[0]
 
 
 async def test_settings_change_reloads_and_languages_opt_in(
@@ -399,3 +400,41 @@ async def test_debounce_drops_an_as_you_type_request_when_typing_goes_on(constan
         state = await s.client.protocol.send_request_async("diffgemma/debugState", {})
         state = state if isinstance(state, dict) else state._asdict()
         assert state["debounced"] == 1 and state["modelCalls"] == 1, state
+
+
+async def test_auto_debounce_waits_for_a_pause_in_the_typists_rhythm(constant_model_dir: Path) -> None:
+    """The default, debounceMs "auto": keys 150 ms apart make a request wait 1.5x that (at most 250 ms)."""
+    automatic = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)
+
+    def key(version: int, at: types.Position) -> types.Position:
+        s.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=version, uri=URI),
+                [types.TextDocumentContentChangePartial(types.Range(at, at), "o")],
+            )
+        )
+        return types.Position(at.line, at.character + 1)
+
+    def request(at: types.Position) -> asyncio.Future:
+        params = types.InlineCompletionParams(
+            context=automatic, text_document=types.TextDocumentIdentifier(URI), position=at
+        )
+        return asyncio.ensure_future(s.client.text_document_inline_completion_async(params))
+
+    async with start(constant_model_dir, capabilities("neovim")) as s:
+        await s.wait_for_state("ready")
+        s.open()
+        position = CURSOR
+        for version in range(2, 7):
+            position = key(version, position)
+            await asyncio.sleep(0.15)
+        first = request(position)
+        await asyncio.sleep(0.02)
+        position = key(7, position)  # typing goes on within the wait: the request is dropped unrun
+        with pytest.raises(JsonRpcRequestCancelled):
+            await first
+        assert (await request(position)).items  # no key follows: this one runs after the wait
+        state = await s.client.protocol.send_request_async("diffgemma/debugState", {})
+        state = state if isinstance(state, dict) else state._asdict()
+        assert state["debounced"] == 1 and state["modelCalls"] == 1, state
+        assert 200 <= state["autoDebounceMs"] <= 250, state

@@ -2,11 +2,12 @@
 
 For each file, a span of characters is cut out at a line start and typed back one character at a
 time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke, at a fixed typing
-interval; a request still pending when the next key arrives is cancelled (``$/cancelRequest``), as
-editors do. When the answer shown for the current state is exactly what comes next in the span,
-the typist accepts it (one keystroke, Tab, inserts all of it), as a person would. Reported per
-configuration (all caches on, each one off, none, and with a debounce;
-``--configs`` picks some):
+interval (and, with ``--pause-ms``, a pause to think after each line break); a request still pending
+when the next key arrives is cancelled (``$/cancelRequest``), as editors do. When the answer shown
+for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
+Tab, inserts all of it), as a person would. Reported per
+configuration (the default, whose adaptive debounce waits for a pause in the typing; then without a
+debounce: all caches on, each one off, none; and with fixed debounces; ``--configs`` picks some):
 
 - time to completion per answered keystroke (p50, p95), and the fraction answered;
 - forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
@@ -37,13 +38,16 @@ from pygls.lsp.client import LanguageClient
 
 from diffgemma_ls.bench.metrics import edit_similarity
 
+NO_DEBOUNCE = ["--debounce-ms", "0"]
+# The cache ablations run without a debounce: with one, the model seldom runs while someone types.
 CONFIGS: dict[str, list[str]] = {
-    "all caches": [],
-    "no prefetch": ["--no-prefetch"],
-    "no typing-ahead": ["--no-typeahead"],  # the prefetch keeps its answers there: off too
-    "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
-    "no warm start": ["--no-warm-start"],
-    "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
+    "default (auto debounce)": [],
+    "all caches": NO_DEBOUNCE,
+    "no prefetch": [*NO_DEBOUNCE, "--no-prefetch"],
+    "no typing-ahead": [*NO_DEBOUNCE, "--no-typeahead"],  # the prefetch keeps its answers there: off too
+    "no prompt cache": [*NO_DEBOUNCE, "--prompt-caches", "0"],  # the warm start is kept with it: off too
+    "no warm start": [*NO_DEBOUNCE, "--no-warm-start"],
+    "no caches": [*NO_DEBOUNCE, "--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
     "debounce 50 ms": ["--debounce-ms", "50"],
     "debounce 150 ms": ["--debounce-ms", "150"],
 }
@@ -122,7 +126,11 @@ def spans(texts: list[str], chars: int) -> list[tuple[str, int, str]]:
 
 
 async def replay(
-    model: str, server_args: list[str], work: list[tuple[str, int, str]], interval_s: float
+    model: str,
+    server_args: list[str],
+    work: list[tuple[str, int, str]],
+    interval_s: float,
+    pause_s: float = 0.0,
 ) -> Replay:
     client = LanguageClient("diffgemma-keystrokes", "0")
     ready = asyncio.Event()
@@ -169,7 +177,7 @@ async def replay(
             expected = span[typed:].split("\n", 1)[0]
             pending = asyncio.ensure_future(_request(client, uri, text, cursor, expected, result))
             result.keystrokes += 1
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s + (pause_s if keys.endswith("\n") else 0.0))
         if pending is not None:
             await asyncio.gather(pending, return_exceptions=True)
         client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
@@ -259,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", nargs="+", type=Path, help="files to type (default: 3 held-out files)")
     parser.add_argument("--chars", type=int, default=40, help="characters typed per file")
     parser.add_argument("--interval-ms", type=float, default=100.0, help="time between keystrokes")
+    parser.add_argument("--pause-ms", type=float, default=0.0, help="extra pause after each line break typed")
     parser.add_argument("--agreement-sample", type=int, default=20, help="answers compared with cold ones")
     parser.add_argument(
         "--configs",
@@ -276,11 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.configs:
         server_args = CONFIGS[name]
-        result = asyncio.run(replay(args.model, server_args, work, args.interval_ms / 1000))
+        timing = (args.interval_ms / 1000, args.pause_ms / 1000)
+        result = asyncio.run(replay(args.model, server_args, work, *timing))
         rows.append(
             summarize(name, result, cold_agreement(args.model, result.answers, args.agreement_sample))
         )
-    print(f"{len(work)} files, {args.chars} characters each, one key every {args.interval_ms:.0f} ms\n")
+    pause = f", {args.pause_ms:.0f} ms more after a line break" if args.pause_ms else ""
+    every = f"one key every {args.interval_ms:.0f} ms{pause}"
+    print(f"{len(work)} files, {args.chars} characters each, {every}\n")
     header = ["config", "keys", "answered", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
     header += ["prefetch hits", "warm-started calls", "typed by accepting"]
     header += ["prompt KV reused", "next-line similarity", "same as cold"]

@@ -11,6 +11,7 @@ const SERVER_KEYS = [
   "canvasLength",
   "maxSteps",
   "latencyBudgetMs",
+  "debounceMs",
   "candidates",
   "languages",
   "threads",
