@@ -8,6 +8,7 @@ cannot load, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -193,8 +194,10 @@ def parse_tcp(value: str) -> tuple[str, int]:
 
 def _debounce_ms(value: str) -> int | str:
     """``--debounce-ms``: ``auto`` or whole milliseconds (checked like the client's ``debounceMs``)."""
+    with contextlib.suppress(ValueError):
+        value = int(value)  # otherwise "auto", or a mistake validate_setting names
     try:
-        return validate_setting("debounce_ms", value if value == "auto" else int(value))
+        return validate_setting("debounce_ms", value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -256,7 +256,7 @@ class Engine:
             try:
                 view.generate(
                     input_ids,
-                    past_key_values=cache,
+                    cache=cache,
                     max_new_tokens=options.canvas_length * options.max_canvases,
                     max_denoising_steps=steps,
                     sampler_config=sampler_config,
