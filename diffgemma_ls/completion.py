@@ -19,6 +19,7 @@ from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult
 from diffgemma_ls.engine.loader import load_model
 from diffgemma_ls.fill import breaks_syntax, has_code
 from diffgemma_ls.postprocess import Completion, postprocess
+from diffgemma_ls.prompt import encode_text
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
 BLOCK_CANVASES = 3
@@ -115,7 +116,7 @@ def plan(
         text,
         offset,
         language_id,
-        lambda s: len(tokenizer.encode(s, add_special_tokens=False)),
+        lambda s: len(encode_text(tokenizer, s)),
         uri=uri,
     )
     if mode != "auto":

@@ -50,7 +50,9 @@ class TokenizerLike(Protocol):
 
     def convert_tokens_to_ids(self, tokens: str) -> int | None: ...
 
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(
+        self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ...
+    ) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,16 @@ class FimPrompt:
         return self.head + self.prefix + self.tail
 
 
+def encode_text(tokenizer: TokenizerLike, text: str) -> list[int]:
+    """Document text as plain text: an ``<eos>`` or ``<|fim_middle|>`` written in a file (ML code,
+    this very module) is characters, not a control token that would end or restructure the prompt."""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+
 def build_prompt(tokenizer: TokenizerLike, prefix: str, suffix: str) -> FimPrompt:
     """Tokenize ``prefix``/``suffix`` into the SPM layout (see module docstring)."""
     ids = fim_ids(tokenizer)
-    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    enc = lambda text: encode_text(tokenizer, text)  # noqa: E731
     head = [ids.bos] if ids.bos is not None else []
     if ids.native:
         head += [ids.suffix, *enc(suffix), ids.prefix]

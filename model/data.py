@@ -31,7 +31,7 @@ import torch
 import tree_sitter_python
 from tree_sitter import Language, Parser
 
-from diffgemma_ls.prompt import build_prompt
+from diffgemma_ls.prompt import build_prompt, encode_text
 
 CORPUS = Path(__file__).resolve().parent / "work" / "corpus"
 KINDS = ("line_tail", "line", "block", "span")
@@ -80,7 +80,7 @@ class InfillSampler:
         self._blocks: dict[int, list[tuple[int, int]]] = {}
 
     def _enc(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        return encode_text(self.tok, text)
 
     def _blocks_of(self, idx: int, data: bytes) -> list[tuple[int, int]]:
         """Byte ranges of the file's ``block`` nodes (cached: parsing is the expensive part)."""

@@ -33,7 +33,7 @@ from diffgemma_ls.engine.sampling import (
     LineStop,
 )
 from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
-from diffgemma_ls.prompt import build_prompt
+from diffgemma_ls.prompt import build_prompt, encode_text
 
 
 class Cancelled(Exception):
@@ -353,7 +353,7 @@ class Engine:
             prefix,
             suffix,
             piece=lambda t: self.tokenizer.decode([t]),
-            encode=lambda s: self.tokenizer.encode(s, add_special_tokens=False),
+            encode=lambda s: encode_text(self.tokenizer, s),
             end_ids=self.end_ids,
         )
 
