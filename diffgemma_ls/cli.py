@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debounce-ms",
         type=_debounce_ms,
         help="as-you-type requests wait this long (ms) and are dropped unrun if typing goes on; "
-        "auto: 1.5x the typist's interval between keys, at most 250 ms (default: auto)",
+        "auto: 1.5x the typist's interval between keys, at most 250 ms (default: 0)",
     )
     parser.add_argument(
         "--no-warm-start",

@@ -35,7 +35,7 @@ class Settings:
     latency_budget_ms: int = 1000
     # an as-you-type request waits this long (ms), and a keystroke meanwhile drops it unrun; "auto":
     # 1.5x the typist's recent interval between keys, at most 250 ms (pace.py)
-    debounce_ms: int | Literal["auto"] = "auto"
+    debounce_ms: int | Literal["auto"] = 0
     candidates: int = 3  # alternatives on an explicit (Invoked) request, from one batched run
     languages: tuple[str, ...] = ()  # extra languages opted into, beyond the model's own
     threads: int = 0  # 0: default_threads()

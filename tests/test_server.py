@@ -403,7 +403,7 @@ async def test_debounce_drops_an_as_you_type_request_when_typing_goes_on(constan
 
 
 async def test_auto_debounce_waits_for_a_pause_in_the_typists_rhythm(constant_model_dir: Path) -> None:
-    """The default, debounceMs "auto": keys 150 ms apart make a request wait 1.5x that (at most 250 ms)."""
+    """debounceMs "auto": keys 150 ms apart make a request wait 1.5x that (at most 250 ms)."""
     automatic = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)
 
     def key(version: int, at: types.Position) -> types.Position:
@@ -421,7 +421,7 @@ async def test_auto_debounce_waits_for_a_pause_in_the_typists_rhythm(constant_mo
         )
         return asyncio.ensure_future(s.client.text_document_inline_completion_async(params))
 
-    async with start(constant_model_dir, capabilities("neovim")) as s:
+    async with start(constant_model_dir, capabilities("neovim"), {"debounceMs": "auto"}) as s:
         await s.wait_for_state("ready")
         s.open()
         position = CURSOR

@@ -6,8 +6,8 @@ interval (and, with ``--pause-ms``, a pause to think after each line break); a r
 when the next key arrives is cancelled (``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
 Tab, inserts all of it), as a person would. Reported per
-configuration (the default, whose adaptive debounce waits for a pause in the typing; then without a
-debounce: all caches on, each one off, none; and with fixed debounces; ``--configs`` picks some):
+configuration (all caches on, each one off, none, and with fixed or adaptive debounces;
+``--configs`` picks some):
 
 - time to completion per answered keystroke (p50, p95), and the fraction answered;
 - forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
@@ -38,18 +38,16 @@ from pygls.lsp.client import LanguageClient
 
 from diffgemma_ls.bench.metrics import edit_similarity
 
-NO_DEBOUNCE = ["--debounce-ms", "0"]
-# The cache ablations run without a debounce: with one, the model seldom runs while someone types.
 CONFIGS: dict[str, list[str]] = {
-    "default (auto debounce)": [],
-    "all caches": NO_DEBOUNCE,
-    "no prefetch": [*NO_DEBOUNCE, "--no-prefetch"],
-    "no typing-ahead": [*NO_DEBOUNCE, "--no-typeahead"],  # the prefetch keeps its answers there: off too
-    "no prompt cache": [*NO_DEBOUNCE, "--prompt-caches", "0"],  # the warm start is kept with it: off too
-    "no warm start": [*NO_DEBOUNCE, "--no-warm-start"],
-    "no caches": [*NO_DEBOUNCE, "--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
+    "all caches": [],
+    "no prefetch": ["--no-prefetch"],
+    "no typing-ahead": ["--no-typeahead"],  # the prefetch keeps its answers there: off too
+    "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
+    "no warm start": ["--no-warm-start"],
+    "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
     "debounce 50 ms": ["--debounce-ms", "50"],
     "debounce 150 ms": ["--debounce-ms", "150"],
+    "auto debounce": ["--debounce-ms", "auto"],
 }
 
 
