@@ -5,9 +5,8 @@ time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke
 interval (and, with ``--pause-ms``, a pause to think after each line break); a request still pending
 when the next key arrives is cancelled (``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
-Tab, inserts all of it), as a person would. Reported per
-configuration (all caches on, each one off, none, and with fixed or adaptive debounces;
-``--configs`` picks some):
+Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
+off, none, and with fixed or adaptive debounces; ``--configs`` picks some):
 
 - time to completion per answered keystroke (p50, p95), and the fraction answered;
 - forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
