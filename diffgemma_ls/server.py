@@ -392,7 +392,8 @@ class DiffgemmaServer(LanguageServer):
         if request is None:
             return []
         delay_ms = self.pace.delay_ms() if self.settings.debounce_ms == "auto" else self.settings.debounce_ms
-        if not invoked and delay_ms > 0:
+        context = request.context
+        if not invoked and delay_ms > 0 and not state.engine.continues(uri, context.prefix, context.suffix):
             await self._debounce(uri, doc.version, delay_ms)
         outcome = await self._run_model(uri, request, started + self.settings.latency_budget_ms / 1000)
         if outcome is None:

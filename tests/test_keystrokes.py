@@ -18,6 +18,7 @@ async def test_replay_accepts_answers_that_fit_and_the_server_prefetches(constan
     assert result.stats["prefetches"] >= 1 and result.stats["prefetchHits"] >= 1, result.stats
     row = summarize("all caches", result, (0, 0))
     assert row["accepted"] >= 64 / len(SPAN) and row["prefetch_hit_rate"] > 0
+    assert 0 < row["shown"] <= row["answered"]
 
     off = await replay(str(constant_model_dir), ["--no-prefetch"], work, interval_s=0.4)
     assert off.accepted_chars >= 64 and off.stats.get("prefetches", 0) == 0, off.stats

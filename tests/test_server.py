@@ -94,7 +94,10 @@ def _plain(params: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def start(
-    model: Path | str, caps: types.ClientCapabilities, options: dict[str, Any] | None = None
+    model: Path | str,
+    caps: types.ClientCapabilities,
+    options: dict[str, Any] | None = None,
+    args: tuple[str, ...] = (),
 ) -> AsyncIterator[Session]:
     config = ClientServerConfig(
         server_command=[
@@ -106,6 +109,7 @@ async def start(
             str(model),
             "--threads",
             "1",
+            *args,
         ]
     )
     client = await config.start()
@@ -400,6 +404,35 @@ async def test_debounce_drops_an_as_you_type_request_when_typing_goes_on(constan
         state = await s.client.protocol.send_request_async("diffgemma/debugState", {})
         state = state if isinstance(state, dict) else state._asdict()
         assert state["debounced"] == 1 and state["modelCalls"] == 1, state
+
+
+async def test_a_request_that_continues_the_last_canvas_skips_the_debounce(constant_model_dir: Path) -> None:
+    """Typing the start of the last canvas warm-starts the next request: it runs at once, undebounced.
+
+    Typing-ahead is off, or it would answer from the shown completion without the model.
+    """
+    options = {"debounceMs": 5000, "candidates": 1}
+    async with start(constant_model_dir, capabilities("neovim"), options, ("--no-typeahead",)) as s:
+        await s.wait_for_state("ready")
+        s.open()
+        (shown,) = (await s.inline()).items  # invoked: never debounced
+        typed = shown.insert_text[0]
+        s.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=2, uri=URI),
+                [types.TextDocumentContentChangePartial(types.Range(CURSOR, CURSOR), typed)],
+            )
+        )
+        after = types.Position(CURSOR.line, CURSOR.character + 1)
+        automatic = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)
+        params = types.InlineCompletionParams(
+            context=automatic, text_document=types.TextDocumentIdentifier(URI), position=after
+        )
+        answer = await asyncio.wait_for(s.client.text_document_inline_completion_async(params), 4)
+        assert answer.items and answer.items[0].insert_text.startswith(shown.insert_text[1:])
+        state = await s.client.protocol.send_request_async("diffgemma/debugState", {})
+        state = state if isinstance(state, dict) else state._asdict()
+        assert state["warmStarts"] == 1 and state["modelCalls"] == 2, state
 
 
 async def test_auto_debounce_waits_for_a_pause_in_the_typists_rhythm(constant_model_dir: Path) -> None:

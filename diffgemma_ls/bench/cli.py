@@ -26,7 +26,7 @@ from diffgemma_ls.engine.loader import QUANTIZE_MODES
 from diffgemma_ls.engine.sampling import DECODE_MODES
 
 QUICK_LIMIT, FULL_LIMIT = 2, 30
-FULL_SWEEP = "0.1,0.3,1,3,10"  # --quick sweeps nothing: the frontier shows the three modes only
+FULL_SWEEP = "0.5,1,3,30"  # --quick sweeps nothing: the frontier shows the three modes only
 QUICK_LSP, FULL_LSP = 0, 20  # the LSP server loads the model again: ~15 s that --quick cannot spare
 
 

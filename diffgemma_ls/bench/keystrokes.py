@@ -8,7 +8,8 @@ for the current state is exactly what comes next in the span, the typist accepts
 Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
 off, none, and with fixed or adaptive debounces; ``--configs`` picks some):
 
-- time to completion per answered keystroke (p50, p95), and the fraction answered;
+- time to completion per answered keystroke (p50, p95), the fraction answered, and the fraction
+  answered with a completion (an answer may be empty: nothing belongs there, or the model ended);
 - forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
   rates, warm-started model calls, share of prompt tokens whose encoder KV was reused (from the
   server's ``diffgemma/debugState`` counters), share of the span typed by accepting completions;
@@ -245,6 +246,7 @@ def summarize(name: str, replay_: Replay, agreement: tuple[int, int]) -> dict[st
         "config": name,
         "keystrokes": replay_.keystrokes,
         "answered": len(replay_.latencies_ms) / keys,
+        "shown": sum(bool(a.completion) for a in replay_.answers) / keys,
         "p50_ms": _percentile(replay_.latencies_ms, 0.5),
         "p95_ms": _percentile(replay_.latencies_ms, 0.95),
         "passes_per_key": s.get("forwardPasses", 0) / keys,
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     pause = f", {args.pause_ms:.0f} ms more after a line break" if args.pause_ms else ""
     every = f"one key every {args.interval_ms:.0f} ms{pause}"
     print(f"{len(work)} files, {args.chars} characters each, {every}\n")
-    header = ["config", "keys", "answered", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
+    header = ["config", "keys", "answered", "shown", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
     header += ["prefetch hits", "warm-started calls", "typed by accepting"]
     header += ["prompt KV reused", "next-line similarity", "same as cold"]
     print("| " + " | ".join(header) + " |")
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             r["config"],
             str(r["keystrokes"]),
             f"{r['answered']:.0%}",
+            f"{r['shown']:.0%}",
             f"{r['p50_ms']:.0f}",
             f"{r['p95_ms']:.0f}",
             f"{r['passes_per_key']:.2f}",

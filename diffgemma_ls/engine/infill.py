@@ -343,6 +343,15 @@ class Engine:
         while len(self._prompt_cache) > self.prompt_caches:
             self._prompt_cache.popitem(last=False)
 
+    def continues(self, cache_key: str, prefix: str, suffix: str) -> bool:
+        """Whether a request at (``prefix``, ``suffix``) would start from the document's last canvas.
+
+        The server runs such a request at once instead of debouncing it: most of its canvas is
+        already decided, so it is cheap. Called off the model thread: it only reads the stored draft
+        (immutable) and tokenizes.
+        """
+        return self._take_seed(cache_key, prefix, suffix) is not None
+
     def _take_seed(self, key: str | None, prefix: str, suffix: str) -> Seed | None:
         """What is still valid of the document's previous first canvas, as this request's start."""
         draft = self._drafts.get(key) if key is not None and self.warm_start else None
