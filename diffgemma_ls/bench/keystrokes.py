@@ -2,7 +2,9 @@
 
 For each file, a span of characters is cut out at a line start and typed back one character at a
 time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke, at a fixed typing
-interval (and, with ``--pause-ms``, a pause to think after each line break); a request still pending
+interval, or with ``--spread`` one drawn log-normally around it (the same draws for every
+configuration), as real typing varies between keys; with ``--pause-ms``, a pause to think after
+each line break too. A request still pending
 when the next key arrives is cancelled (``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
 Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -129,6 +133,7 @@ async def replay(
     work: list[tuple[str, int, str]],
     interval_s: float,
     pause_s: float = 0.0,
+    spread: float = 0.0,
 ) -> Replay:
     client = LanguageClient("diffgemma-keystrokes", "0")
     ready = asyncio.Event()
@@ -150,6 +155,7 @@ async def replay(
     client.initialized(types.InitializedParams())
     await asyncio.wait_for(ready.wait(), 300)
     result = Replay()
+    rhythm = random.Random(0)  # seeded: every configuration types with the same intervals
     for n, (text, cursor, span) in enumerate(work):
         uri = f"file:///replay/file{n}.py"
         client.text_document_did_open(
@@ -175,7 +181,8 @@ async def replay(
             expected = span[typed:].split("\n", 1)[0]
             pending = asyncio.ensure_future(_request(client, uri, text, cursor, expected, result))
             result.keystrokes += 1
-            await asyncio.sleep(interval_s + (pause_s if keys.endswith("\n") else 0.0))
+            interval = interval_s * math.exp(spread * rhythm.gauss(0.0, 1.0)) if spread else interval_s
+            await asyncio.sleep(interval + (pause_s if keys.endswith("\n") else 0.0))
         if pending is not None:
             await asyncio.gather(pending, return_exceptions=True)
         client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
@@ -267,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chars", type=int, default=40, help="characters typed per file")
     parser.add_argument("--interval-ms", type=float, default=100.0, help="time between keystrokes")
     parser.add_argument("--pause-ms", type=float, default=0.0, help="extra pause after each line break typed")
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.0,
+        help="log-normal sigma of the interval between keys (its median stays --interval-ms); 0: steady",
+    )
     parser.add_argument("--agreement-sample", type=int, default=20, help="answers compared with cold ones")
     parser.add_argument(
         "--configs",
@@ -284,13 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.configs:
         server_args = CONFIGS[name]
-        timing = (args.interval_ms / 1000, args.pause_ms / 1000)
+        timing = (args.interval_ms / 1000, args.pause_ms / 1000, args.spread)
         result = asyncio.run(replay(args.model, server_args, work, *timing))
         rows.append(
             summarize(name, result, cold_agreement(args.model, result.answers, args.agreement_sample))
         )
     pause = f", {args.pause_ms:.0f} ms more after a line break" if args.pause_ms else ""
-    every = f"one key every {args.interval_ms:.0f} ms{pause}"
+    spread = f" (log-normal, sigma {args.spread:g})" if args.spread else ""
+    every = f"one key every {args.interval_ms:.0f} ms{spread}{pause}"
     print(f"{len(work)} files, {args.chars} characters each, {every}\n")
     header = ["config", "keys", "answered", "shown", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
     header += ["prefetch hits", "warm-started calls", "typed by accepting"]
