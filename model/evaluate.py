@@ -64,7 +64,7 @@ def infill(
     cfg = model.config
     mask_id, eos_id, pad_id = cfg.mask_token_id, cfg.text_config.eos_token_id, cfg.text_config.pad_token_id
     cache = DynamicCache(config=cfg.text_config)
-    model.model.encoder(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+    model.model.encoder(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
     n, out, forwards = len(prompt), [], 0
     for _ in range(max_blocks):
         canvas = torch.full((1, canvas_len), mask_id)
@@ -72,7 +72,7 @@ def infill(
         while (canvas == mask_id).any():
             positions = torch.arange(n, n + canvas_len)[None]
             logits = model(
-                past_key_values=cache,
+                cache=cache,
                 decoder_input_ids=canvas,
                 decoder_position_ids=positions,
                 self_conditioning_logits=sc,
@@ -117,7 +117,7 @@ def infill(
             return out + ids[: ends[0]], forwards
         out += ids
         if len(out) < max_blocks * canvas_len:  # block-AR: the finished canvas joins the prompt
-            model.model.encoder(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            model.model.encoder(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
             n += len(ids)
     return out, forwards
 
@@ -133,9 +133,9 @@ def latency(model: DiffusionGemmaForBlockDiffusion, prompt_len: int = 500, canva
     for _ in range(12):
         t0 = time.perf_counter()
         cache = DynamicCache(config=cfg.text_config)
-        model.model.encoder(input_ids=ids, past_key_values=cache, use_cache=True)
+        model.model.encoder(input_ids=ids, cache=cache, use_cache=True)
         t1 = time.perf_counter()
-        model(past_key_values=cache, decoder_input_ids=canvas, decoder_position_ids=positions)
+        model(cache=cache, decoder_input_ids=canvas, decoder_position_ids=positions)
         prefill.append(t1 - t0)
         step.append(time.perf_counter() - t1)
     return {

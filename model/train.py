@@ -56,8 +56,8 @@ def softcap(model: DiffusionGemmaForBlockDiffusion, logits: torch.Tensor) -> tor
 def encode(model: DiffusionGemmaForBlockDiffusion, batch: Batch) -> tuple[torch.Tensor, DynamicCache]:
     """Causal encoder pass: hidden states (B, S, H) and the KV cache the decoder reads."""
     cache = DynamicCache(config=model.config.text_config)
-    out = model.model.encoder(input_ids=batch.enc_ids, past_key_values=cache, use_cache=True)
-    return out.last_hidden_state, out.past_key_values
+    out = model.model.encoder(input_ids=batch.enc_ids, cache=cache, use_cache=True)
+    return out.last_hidden_state, cache
 
 
 def encoder_loss(model: DiffusionGemmaForBlockDiffusion, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -83,7 +83,7 @@ def decode_logits(
     mask = torch.cat([cache_mask, torch.ones(B, C, dtype=torch.bool)], dim=1)  # (B, S+C)
     positions = batch.enc_len[:, None] + torch.arange(C)[None, :]  # (B, C): n_i .. n_i+C-1
     return model(
-        past_key_values=cache,
+        cache=cache,
         decoder_input_ids=canvas,
         decoder_attention_mask=mask,
         decoder_position_ids=positions,
