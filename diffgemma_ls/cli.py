@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "auto: 1.5x the typist's interval between keys, at most 250 ms (default: 0)",
     )
     parser.add_argument(
+        "--typing-max-steps",
+        type=_typing_max_steps,
+        help="cap on forward passes per canvas for as-you-type requests (default: 4; explicit ones: 16)",
+    )
+    parser.add_argument(
         "--no-warm-start",
         dest="warm_start",
         action="store_false",
@@ -202,20 +207,20 @@ def _debounce_ms(value: str) -> int | str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _typing_max_steps(value: str) -> int:
+    """``--typing-max-steps``: checked like the client's ``typingMaxSteps``."""
+    try:
+        return validate_setting("typing_max_steps", int(value) if value.isdigit() else value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def serve(args: argparse.Namespace) -> int:
     from diffgemma_ls.server import create_server
 
-    settings = _settings(args)
-    server = create_server(
-        replace(
-            settings,
-            **{
-                k: v
-                for k in ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms")
-                if (v := getattr(args, k)) is not None
-            },
-        )
-    )
+    server_only = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")
+    settings = replace(_settings(args), **{k: v for k in server_only if (v := getattr(args, k)) is not None})
+    server = create_server(settings)
     if args.tcp:
         try:
             host, port = parse_tcp(args.tcp)

@@ -108,7 +108,8 @@ def plan(
     """Cut the context; ``None`` where no completion belongs (an explicit request still gets one).
 
     ``candidates`` > 1 decodes alternatives in the same batched run (the server asks for them on an
-    explicit request).
+    explicit request). Without ``steps``, an as-you-type request (not ``invoked``) gets
+    ``settings.typing_max_steps`` passes per canvas and an explicit one ``settings.max_steps``.
     """
     started = time.perf_counter()
     tokenizer = engine.tokenizer
@@ -125,6 +126,7 @@ def plan(
         if not invoked:
             return None
         context = dataclasses.replace(context, mode="line")
+    steps = steps or (settings.max_steps if invoked else settings.typing_max_steps)
     options = decode_options(context.mode, settings, decode, steps, entropy_bound, candidates)
     return CompletionRequest(context, options, (time.perf_counter() - started) * 1000)
 

@@ -32,6 +32,9 @@ class Settings:
     device: str = "auto"
     canvas_length: int = 32
     max_steps: int = 16
+    # as-you-type requests: fewer passes, so one finishes between keys (the schedule floor still
+    # decodes the whole canvas); measured in README ("Keystroke replay")
+    typing_max_steps: int = 4
     latency_budget_ms: int = 1000
     # an as-you-type request waits this long (ms), and a keystroke meanwhile drops it unrun; "auto":
     # 1.5x the typist's recent interval between keys, at most 250 ms (pace.py)
@@ -60,6 +63,7 @@ CLIENT_KEYS = {
     "device": "device",
     "canvasLength": "canvas_length",
     "maxSteps": "max_steps",
+    "typingMaxSteps": "typing_max_steps",
     "latencyBudgetMs": "latency_budget_ms",
     "debounceMs": "debounce_ms",
     "candidates": "candidates",
@@ -71,6 +75,7 @@ CLIENT_KEYS = {
 _BOUNDS = {
     "canvas_length": (4, 1024),
     "max_steps": (1, 1024),
+    "typing_max_steps": (1, 1024),
     "latency_budget_ms": (10, 600_000),
     "debounce_ms": (0, 5_000),
     "candidates": (1, MAX_CANDIDATES),

@@ -219,3 +219,18 @@ def test_warm_start_with_transformers_own_sampler(uniform_model_dir: Path) -> No
     again = engine.infill(PREFIX, SUFFIX, options, cache_key="doc")
     assert first.seeded_tokens == 0 and again.seeded_tokens > 0
     assert again.forward_passes >= 1 and isinstance(again.text, str)
+
+
+def test_as_you_type_requests_take_fewer_passes_than_explicit_ones(engine: Engine) -> None:
+    """``typing_max_steps`` caps an as-you-type request's passes; an explicit one gets ``max_steps``."""
+    from diffgemma_ls.completion import plan, run
+    from diffgemma_ls.config import Settings
+
+    settings = Settings(max_steps=16, typing_max_steps=3, canvas_length=16)
+    text = PREFIX + "\n"
+    typing = plan(text, len(PREFIX), "python", settings, engine)
+    asked = plan(text, len(PREFIX), "python", settings, engine, invoked=True)
+    assert typing is not None and asked is not None
+    assert (typing.options.max_steps, asked.options.max_steps) == (3, 16)
+    result = run(engine, typing).result
+    assert result is not None and 1 <= result.forward_passes <= 3 * typing.options.max_canvases  # per canvas

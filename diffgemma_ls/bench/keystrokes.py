@@ -8,7 +8,8 @@ each line break too. A request still pending
 when the next key arrives is cancelled (``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
 Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
-off, none, and with fixed or adaptive debounces; ``--configs`` picks some):
+off, none, as-you-type requests with as many steps as explicit ones, and with fixed or adaptive
+debounces; ``--configs`` picks some):
 
 - time to completion per answered keystroke (p50, p95), the fraction answered, and the fraction
   answered with a completion (an answer may be empty: nothing belongs there, or the model ended);
@@ -49,6 +50,7 @@ CONFIGS: dict[str, list[str]] = {
     "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
     "no warm start": ["--no-warm-start"],
     "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
+    "16 steps as you type": ["--typing-max-steps", "16"],  # as explicit requests: the old default
     "debounce 50 ms": ["--debounce-ms", "50"],
     "debounce 150 ms": ["--debounce-ms", "150"],
     "auto debounce": ["--debounce-ms", "auto"],

@@ -10,6 +10,7 @@ const SERVER_KEYS = [
   "device",
   "canvasLength",
   "maxSteps",
+  "typingMaxSteps",
   "latencyBudgetMs",
   "debounceMs",
   "candidates",
