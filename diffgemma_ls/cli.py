@@ -215,11 +215,16 @@ def _typing_max_steps(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def server_settings(args: argparse.Namespace) -> Settings:
+    """What ``diffgemma-ls [--stdio|--tcp]`` serves with (before any client settings)."""
+    server_only = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")
+    return replace(_settings(args), **{k: v for k in server_only if (v := getattr(args, k)) is not None})
+
+
 def serve(args: argparse.Namespace) -> int:
     from diffgemma_ls.server import create_server
 
-    server_only = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")
-    settings = replace(_settings(args), **{k: v for k in server_only if (v := getattr(args, k)) is not None})
+    settings = server_settings(args)
     server = create_server(settings)
     if args.tcp:
         try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -231,12 +232,16 @@ async def _request(
     result.answers.append(Answer(text, cursor, items[0].insert_text, expected, inserts))
 
 
-def cold_agreement(model: str, answers: list[Answer], limit: int) -> tuple[int, int]:
-    """(answers equal to a cold answer on the same state, answers compared)."""
-    from diffgemma_ls.completion import load_engine, plan, run
-    from diffgemma_ls.config import Settings
+def cold_agreement(model: str, server_args: list[str], answers: list[Answer], limit: int) -> tuple[int, int]:
+    """(answers equal to a cold answer on the same state, answers compared).
 
-    settings = Settings(model=model, threads=1, prompt_caches=0)
+    Cold: the replayed server's own settings, without any cache.
+    """
+    from diffgemma_ls.cli import build_parser, server_settings
+    from diffgemma_ls.completion import load_engine, plan, run
+
+    served = server_settings(build_parser().parse_args(["--model", model, "--threads", "1", *server_args]))
+    settings = dataclasses.replace(served, prompt_caches=0, warm_start=False)
     engine = load_engine(settings)
     same = compared = 0
     for answer in answers[:limit]:
@@ -301,9 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         server_args = CONFIGS[name]
         timing = (args.interval_ms / 1000, args.pause_ms / 1000, args.spread)
         result = asyncio.run(replay(args.model, server_args, work, *timing))
-        rows.append(
-            summarize(name, result, cold_agreement(args.model, result.answers, args.agreement_sample))
-        )
+        agreement = cold_agreement(args.model, server_args, result.answers, args.agreement_sample)
+        rows.append(summarize(name, result, agreement))
     pause = f", {args.pause_ms:.0f} ms more after a line break" if args.pause_ms else ""
     spread = f" (log-normal, sigma {args.spread:g})" if args.spread else ""
     every = f"one key every {args.interval_ms:.0f} ms{spread}{pause}"
