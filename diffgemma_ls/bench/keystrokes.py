@@ -4,8 +4,8 @@ For each file, a span of characters is cut out at a line start and typed back on
 time: ``didChange`` then ``textDocument/inlineCompletion`` after every keystroke, at a fixed typing
 interval, or with ``--spread`` one drawn log-normally around it (the same draws for every
 configuration), as real typing varies between keys; with ``--pause-ms``, a pause to think after
-each line break too. A request still pending
-when the next key arrives is cancelled (``$/cancelRequest``), as editors do. When the answer shown
+each line break too. A request still pending when the next key arrives is cancelled
+(``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
 Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
 off, none, as-you-type requests with as many steps as explicit ones, and with fixed or adaptive
