@@ -201,16 +201,18 @@ def _debounce_ms(value: str) -> int | str:
     """``--debounce-ms``: ``auto`` or whole milliseconds (checked like the client's ``debounceMs``)."""
     with contextlib.suppress(ValueError):
         value = int(value)  # otherwise "auto", or a mistake validate_setting names
-    try:
-        return validate_setting("debounce_ms", value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _checked("debounce_ms", value)
 
 
 def _typing_max_steps(value: str) -> int:
     """``--typing-max-steps``: checked like the client's ``typingMaxSteps``."""
+    return _checked("typing_max_steps", int(value) if value.isdigit() else value)
+
+
+def _checked(name: str, value: object) -> object:
+    """A server flag's value, validated as the client setting of the same name, or argparse's error."""
     try:
-        return validate_setting("typing_max_steps", int(value) if value.isdigit() else value)
+        return validate_setting(name, value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -224,8 +226,7 @@ def server_settings(args: argparse.Namespace) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     from diffgemma_ls.server import create_server
 
-    settings = server_settings(args)
-    server = create_server(settings)
+    server = create_server(server_settings(args))
     if args.tcp:
         try:
             host, port = parse_tcp(args.tcp)
