@@ -12,6 +12,8 @@ import torch
 
 from diffgemma_ls.engine.infill import Cancelled, DecodeOptions, Engine
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
+from diffgemma_ls.engine.model import NEVER
+from diffgemma_ls.engine.sampling import token_entropy
 from tests import tiny
 
 PREFIX = "def add(a, b):\n    "
@@ -57,6 +59,16 @@ def test_fixed_mode_takes_exactly_the_steps(engine: Engine) -> None:
     for steps in (1, 3, 5):
         result = engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="fixed", canvas_length=16, max_steps=steps))
         assert result.forward_passes == steps
+
+
+def test_token_entropy_is_the_categorical_entropy() -> None:
+    logits = torch.randn(2, 8, 64) * 4
+    logits[0, 0] = NEVER  # the model's never-predicted tokens and committed positions
+    logits[0, 0, 3] = 0.0
+    logits[1, 1, :10] = -torch.inf  # a logits processor's ban
+    expected = torch.distributions.Categorical(logits=logits).entropy()
+    assert torch.allclose(token_entropy(logits), expected, atol=1e-5)
+    assert token_entropy(logits)[0, 0] == 0.0
 
 
 def test_sequential_mode_commits_one_token_per_pass(constant_engine: Engine) -> None:

@@ -91,6 +91,17 @@ class CodeSamplerConfig(EntropyBoundSamplerConfig):
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {self.mode!r}")
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(..., vocab) logits -> (...) entropy in nats, as ``Categorical(logits=...).entropy()``.
+
+    Written out because ``Categorical`` costs 1.3 ms on a (1, 32, 4096) canvas on this CPU and this
+    0.2 ms, once per forward pass. Log-probabilities are clamped as ``Categorical`` does, so a -inf
+    logit contributes 0, not nan.
+    """
+    log_p = torch.log_softmax(logits.float(), dim=-1).clamp(min=torch.finfo(torch.float32).min)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
 class CodeSampler(EntropyBoundSampler):
     """Entropy-bound acceptance with committed tokens, a schedule floor and EOS handling (module doc)."""
 
@@ -146,8 +157,7 @@ class CodeSampler(EntropyBoundSampler):
             first_free = torch.where(free, torch.arange(free.shape[-1], device=free.device), free.shape[-1])
             selected = (first_free == first_free.min(dim=-1, keepdim=True).values) & free
         else:
-            entropy = torch.distributions.Categorical(logits=logits).entropy()  # (batch, canvas)
-            entropy = entropy.masked_fill(~free, math.inf)
+            entropy = token_entropy(logits).masked_fill(~free, math.inf)  # (batch, canvas)
             sorted_entropy, order = torch.sort(entropy, dim=-1)
             rank = torch.arange(order.shape[-1], device=order.device).expand_as(order)
             # schedule floor: what is still free must fit in the steps left (cur_step counts down to 1)
@@ -238,7 +248,7 @@ class CompleteOrStable(DiffusionGemmaAdaptiveStopping):
 
     def __call__(self, argmax_canvas: torch.LongTensor, logits: torch.Tensor, **kwargs) -> torch.BoolTensor:
         done = self.sampler.complete
-        if self.base is not None:
+        if self.base is not None and not done.all():  # a finished canvas needs no second opinion
             done = done | self.base(argmax_canvas, logits, **kwargs)
         return done
 
