@@ -13,7 +13,7 @@ import torch
 from diffgemma_ls.engine.infill import Cancelled, DecodeOptions, Engine
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
 from diffgemma_ls.engine.model import NEVER
-from diffgemma_ls.engine.sampling import token_entropy
+from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, token_entropy
 from tests import tiny
 
 PREFIX = "def add(a, b):\n    "
@@ -69,6 +69,36 @@ def test_token_entropy_is_the_categorical_entropy() -> None:
     expected = torch.distributions.Categorical(logits=logits).entropy()
     assert torch.allclose(token_entropy(logits), expected, atol=1e-5)
     assert token_entropy(logits)[0, 0] == 0.0
+
+
+def _unsure_of(token: int, vocab: int = 16) -> torch.Tensor:
+    """Logits that prefer ``token`` with ~1.5 nats of doubt."""
+    logits = torch.zeros(vocab)
+    logits[token] = 2.0
+    return logits
+
+
+def test_neighbours_do_not_commit_the_same_unsure_token_in_one_pass() -> None:
+    sampler = CodeSampler(
+        CodeSamplerConfig(entropy_bound=100.0),
+        canvas_length=4,
+        vocab_size=16,
+        max_denoising_steps=4,
+        mask_token_id=15,
+        pad_token_id=0,
+        eos_token_ids=[1],
+    )
+    canvas = torch.full((1, 4), 15)
+    logits = torch.stack([_unsure_of(5), _unsure_of(7), _unsure_of(7), _unsure_of(1)])[None] * 1.0
+    logits[0, 1, 7] += 0.1  # position 1 is the surer of the two 7s
+    first = sampler.accept_canvas(canvas, canvas, logits, cur_step=4)
+    assert first[0].tolist() == [5, 7, 15, 1] and sampler.committed[0].tolist() == [True, True, False, True]
+    sure = torch.full((1, 4, 16), -30.0)
+    sure[0, :, 7] = 0.0  # sure of 7 everywhere: a real run of 7s
+    sampler.committed = None
+    assert sampler.accept_canvas(canvas, canvas, sure, cur_step=4)[0].tolist() == [7, 7, 7, 7]
+    sampler.committed = None  # the last step decides everything left, repeats included
+    assert sampler.accept_canvas(canvas, canvas, logits, cur_step=1)[0].tolist() == [5, 7, 7, 1]
 
 
 def test_sequential_mode_commits_one_token_per_pass(constant_engine: Engine) -> None:

@@ -13,6 +13,8 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
 * a schedule floor, so that the canvas is always fully decoded within the step cap (``fixed`` mode
   decodes exactly ``ceil(free / steps_left)`` tokens per step and never exits early);
 * ``left_to_right`` order, one token per forward pass: the autoregressive-equivalent baseline;
+* two neighbours unsure of the same token are not both committed in one pass (``_repeats``: the
+  entropy bound takes them for independent, and they write it twice, ``is is``);
 * once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``;
 * with mask noise, every non-mask token of a starting canvas is committed (a warm start's seed);
 * ``line_stop`` (line mode): once the committed run from the cursor holds the whole first line,
@@ -105,6 +107,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 class CodeSampler(EntropyBoundSampler):
     """Entropy-bound acceptance with committed tokens, a schedule floor and EOS handling (module doc)."""
 
+    REPEAT_DOUBT = 0.5  # nats: neighbours this sure may repeat a token in one pass (_repeats)
+
     def __init__(
         self,
         config: CodeSamplerConfig,
@@ -169,6 +173,8 @@ class CodeSampler(EntropyBoundSampler):
                 within_bound = torch.cumsum(finite, dim=-1) - finite <= self.entropy_bound
                 take_sorted = (within_bound | (rank < floor)) & (rank < n_free)
             selected = torch.zeros_like(free).scatter(-1, order, take_sorted)
+            if int(cur_step) > 1:  # the last step must decide everything left
+                selected = selected & ~self._repeats(selected, proposal, entropy)
 
         accepted = torch.where(selected, proposal, current_canvas)
         self.committed = self.committed | selected
@@ -184,6 +190,23 @@ class CodeSampler(EntropyBoundSampler):
         self.accepted_token_mask = self.committed
         self.canvas = accepted
         return accepted
+
+    def _repeats(self, selected: torch.Tensor, proposal: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        """(batch, canvas): selections deferred because a neighbour selected too proposes the same token.
+
+        Each position's proposal is a marginal: two neighbours both unsure where a token goes both
+        propose it, and committing them in one pass writes it twice (``is is``, ``:::``). The less
+        certain one waits a pass, and then sees the other. Not when both are sure (a real ``))``),
+        and not for end tokens, which repeat by design (padding).
+        """
+        same = selected[:, 1:] & selected[:, :-1] & (proposal[:, 1:] == proposal[:, :-1])  # (batch, canvas-1)
+        same = same & ~torch.isin(proposal[:, 1:], self.end_ids.to(proposal.device))
+        same = same & (torch.maximum(entropy[:, 1:], entropy[:, :-1]) > self.REPEAT_DOUBT)
+        right_less_sure = entropy[:, 1:] >= entropy[:, :-1]
+        deferred = torch.zeros_like(selected)
+        deferred[:, 1:] |= same & right_less_sure
+        deferred[:, :-1] |= same & ~right_less_sure
+        return deferred
 
     def _after_first_line(self, canvas: torch.LongTensor) -> torch.BoolTensor:
         """(batch, canvas): positions after a committed, complete first line."""
