@@ -12,7 +12,7 @@ import torch
 
 from diffgemma_ls.engine.infill import Cancelled, DecodeOptions, Engine
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
-from diffgemma_ls.engine.model import NEVER
+from diffgemma_ls.engine.model import NEVER, CodeDiffusionGemma
 from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, token_entropy
 from tests import tiny
 
@@ -112,6 +112,26 @@ def test_adaptive_decodes_in_fewer_passes_than_sequential(constant_engine: Engin
     sequential = constant_engine.infill(PREFIX, SUFFIX, DecodeOptions(mode="sequential", canvas_length=16))
     assert adaptive.text == sequential.text
     assert adaptive.forward_passes < sequential.forward_passes
+
+
+@pytest.mark.parametrize("engine_fixture", ["engine", "constant_engine"])
+def test_skipping_the_confidence_rule_changes_no_decode(
+    engine_fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under mask noise, acceptance commits what stable-and-confident would stop (``_acceptance_covers``)."""
+    engine: Engine = request.getfixturevalue(engine_fixture)
+    requests = [(PREFIX, SUFFIX, steps) for steps in (2, 4, 16)] + [("x = ", "\n", 16), ("", "", 8)]
+
+    def decode_all() -> list[tuple[str, int]]:
+        results = []
+        for prefix, suffix, steps in requests:
+            options = DecodeOptions(canvas_length=16, max_steps=steps, entropy_bound=10.0)
+            results.append(engine.infill(prefix, suffix, options))
+        return [(r.text, r.forward_passes) for r in results]
+
+    skipped = decode_all()
+    monkeypatch.setattr(CodeDiffusionGemma, "_acceptance_covers", staticmethod(lambda *_: False))
+    assert decode_all() == skipped
 
 
 @pytest.mark.parametrize("model_fixture", ["random_model_dir", "uniform_model_dir"])

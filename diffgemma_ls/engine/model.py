@@ -21,6 +21,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     DiffusionGemmaGenerationConfig,
     EntropyBoundSampler,
+    StableAndConfidentStoppingCriteria,
 )
 from transformers.models.gemma4 import Gemma4VisionConfig
 
@@ -100,4 +101,19 @@ class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
             return None  # exactly max_denoising_steps passes; the schedule completes the canvas at the last
         if sampler.mode == "sequential":
             return CompleteOrStable(sampler, None)  # the baseline stops at EOS only, like autoregression
+        if base is not None and self._acceptance_covers(sampler, base):
+            return CompleteOrStable(sampler, None)
         return CompleteOrStable(sampler, base)
+
+    @staticmethod
+    def _acceptance_covers(sampler: CodeSampler, base: StableAndConfidentStoppingCriteria) -> bool:
+        """Whether any canvas the stable-and-confident rule stops is already complete in the same step.
+
+        With mask noise, committed positions have zero entropy, so "confident" (mean entropy below the
+        threshold) means the free positions' entropies sum below ``threshold * canvas_length``; an
+        entropy bound at least that accepts them all in the same step, before the rule looks. The rule
+        would then only cost its own entropy pass (~1 ms a step on this CPU): never a pass earlier on
+        the bench's 120 line and block tasks, at 16 steps or 4.
+        """
+        covered = base.confidence_threshold * sampler.canvas_length
+        return sampler.mask_token_id is not None and sampler.entropy_bound >= covered
