@@ -13,8 +13,8 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
 * a schedule floor, so that the canvas is always fully decoded within the step cap (``fixed`` mode
   decodes exactly ``ceil(free / steps_left)`` tokens per step and never exits early);
 * ``left_to_right`` order, one token per forward pass: the autoregressive-equivalent baseline;
-* two neighbours unsure of the same token are not both committed in one pass (``_repeats``: the
-  entropy bound takes them for independent, and they write it twice, ``is is``);
+* in ``adaptive`` mode, two neighbours unsure of the same token are not both committed in one pass
+  (``_repeats``: the entropy bound takes them for independent, and they write it twice, ``is is``);
 * once EOS (or PAD) is committed, every later position is PAD: the canvas is ``middle <eos> <pad>...``;
 * with mask noise, every non-mask token of a starting canvas is committed (a warm start's seed);
 * ``line_stop`` (line mode): once the committed run from the cursor holds the whole first line,
@@ -173,7 +173,7 @@ class CodeSampler(EntropyBoundSampler):
                 within_bound = torch.cumsum(finite, dim=-1) - finite <= self.entropy_bound
                 take_sorted = (within_bound | (rank < floor)) & (rank < n_free)
             selected = torch.zeros_like(free).scatter(-1, order, take_sorted)
-            if int(cur_step) > 1:  # the last step must decide everything left
+            if self.mode == "adaptive" and int(cur_step) > 1:  # the last step must decide everything left
                 selected = selected & ~self._repeats(selected, proposal, entropy)
 
         accepted = torch.where(selected, proposal, current_canvas)
@@ -271,7 +271,7 @@ class CompleteOrStable(DiffusionGemmaAdaptiveStopping):
 
     def __call__(self, argmax_canvas: torch.LongTensor, logits: torch.Tensor, **kwargs) -> torch.BoolTensor:
         done = self.sampler.complete
-        if self.base is not None and not done.all():  # a finished canvas needs no second opinion
+        if self.base is not None:
             done = done | self.base(argmax_canvas, logits, **kwargs)
         return done
 
