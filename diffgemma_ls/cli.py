@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--typing-max-steps",
         type=_typing_max_steps,
-        help="cap on forward passes per canvas for as-you-type requests (default: 4; explicit ones: 16)",
+        help="cap on forward passes per canvas for as-you-type requests "
+        f"(default: {Settings().typing_max_steps}; explicit ones: {Settings().max_steps})",
     )
     parser.add_argument(
         "--no-warm-start",

@@ -34,7 +34,7 @@ class Settings:
     max_steps: int = 16
     # as-you-type requests: fewer passes, so one finishes between keys (the schedule floor still
     # decodes the whole canvas); measured in README ("Keystroke replay")
-    typing_max_steps: int = 4
+    typing_max_steps: int = 3
     latency_budget_ms: int = 1000
     # an as-you-type request waits this long (ms), and a keystroke meanwhile drops it unrun; "auto":
     # 1.5x the typist's recent interval between keys, at most 250 ms (pace.py)

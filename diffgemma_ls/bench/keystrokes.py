@@ -51,7 +51,8 @@ CONFIGS: dict[str, list[str]] = {
     "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
     "no warm start": ["--no-warm-start"],
     "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
-    "16 steps as you type": ["--typing-max-steps", "16"],  # as explicit requests: the old default
+    "4 steps as you type": ["--typing-max-steps", "4"],  # the default until 2026-12-06
+    "16 steps as you type": ["--typing-max-steps", "16"],  # as explicit requests
     "debounce 50 ms": ["--debounce-ms", "50"],
     "debounce 150 ms": ["--debounce-ms", "150"],
     "auto debounce": ["--debounce-ms", "auto"],
