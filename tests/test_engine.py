@@ -89,7 +89,7 @@ def test_neighbours_do_not_commit_the_same_unsure_token_in_one_pass() -> None:
         eos_token_ids=[1],
     )
     canvas = torch.full((1, 4), 15)
-    logits = torch.stack([_unsure_of(5), _unsure_of(7), _unsure_of(7), _unsure_of(1)])[None] * 1.0
+    logits = torch.stack([_unsure_of(5), _unsure_of(7), _unsure_of(7), _unsure_of(1)])[None]
     logits[0, 1, 7] += 0.1  # position 1 is the surer of the two 7s
     first = sampler.accept_canvas(canvas, canvas, logits, cur_step=4)
     assert first[0].tolist() == [5, 7, 15, 1] and sampler.committed[0].tolist() == [True, True, False, True]

@@ -8,8 +8,8 @@ each line break too. A request still pending when the next key arrives is cancel
 (``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
 Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
-off, none, as-you-type requests with as many steps as explicit ones, and with fixed or adaptive
-debounces; ``--configs`` picks some):
+off, none, as-you-type requests with the former default of 4 steps and with as many as explicit
+ones, and with fixed or adaptive debounces; ``--configs`` picks some):
 
 - time to completion per answered keystroke (p50, p95), the fraction answered, and the fraction
   answered with a completion (an answer may be empty: nothing belongs there, or the model ended);
