@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import DiffusionGemmaForBlockDiffusion
 
 from diffgemma_ls.engine.infill import Cancelled, DecodeOptions, Engine
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
@@ -132,6 +133,32 @@ def test_skipping_the_confidence_rule_changes_no_decode(
     skipped = decode_all()
     monkeypatch.setattr(CodeDiffusionGemma, "_acceptance_covers", staticmethod(lambda *_: False))
     assert decode_all() == skipped
+
+
+@pytest.mark.parametrize("engine_fixture", ["engine", "constant_engine"])
+def test_skipping_the_multinomial_draw_changes_no_decode(
+    engine_fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CodeDiffusionGemma``'s step without the draw decodes as transformers' own step does."""
+    engine: Engine = request.getfixturevalue(engine_fixture)
+    options = [
+        DecodeOptions(canvas_length=16, max_steps=4),
+        DecodeOptions(canvas_length=16, max_steps=16, entropy_bound=10.0),
+        DecodeOptions(mode="fixed", canvas_length=16, max_steps=3),
+        DecodeOptions(mode="sequential", canvas_length=8),
+        DecodeOptions(canvas_length=16, max_steps=4, candidates=3),
+        DecodeOptions(canvas_length=16, max_steps=3, first_line_only=True),
+        DecodeOptions(canvas_length=8, max_steps=4, max_canvases=2),
+    ]
+
+    def decode_all() -> list[tuple[str, list[str], int]]:
+        results = [engine.infill(PREFIX, SUFFIX, option) for option in options]
+        return [(r.text, r.alternatives, r.forward_passes) for r in results]
+
+    greedy = decode_all()
+    upstream = DiffusionGemmaForBlockDiffusion._denoising_step
+    monkeypatch.setattr(CodeDiffusionGemma, "_denoising_step", upstream)
+    assert decode_all() == greedy
 
 
 @pytest.mark.parametrize("model_fixture", ["random_model_dir", "uniform_model_dir"])
