@@ -32,6 +32,17 @@ plain-line treatment of languages without a grammar.
 for ``block`` the body's indentation (opener line's indentation plus one unit, or the cursor
 line's own whitespace when that is deeper); for ``line`` the cursor line's indentation.
 
+**Lead.** With only whitespace before the cursor, and less of it than the code there needs
+(column 0 of an empty line in a function body), the context is cut as if the editor had
+auto-indented: the missing whitespace (``InfillContext.lead``) ends the prefix the model sees, and
+the completion starts with it. The code belongs at the body's indentation in ``block`` mode;
+otherwise at the previous code line's, one unit more after an opener, one unit less after a
+Python ``return``/``pass``/``raise``/``break``/``continue`` (the editors' own on-Enter rules).
+With code after the cursor (mode ``none``, so only an explicit request gets here) the completion
+is a new line before that code, which ``trim_trailing`` ends with a line break. The model learned
+code mostly with the cursor after the indentation, and at column 0 it starts new top-level
+definitions: HumanEval's single-line tasks put the cursor exactly there, before the next line.
+
 **Budgets.** The prefix grows backwards from the cursor by whole lines while
 ``count_tokens`` says it fits; then its start snaps forward to the nearest start of a syntactic
 unit (a statement or definition that is a sibling of one of the cursor's ancestors, found with
@@ -69,6 +80,7 @@ CLOSING_CHARS = frozenset(")]}\"'`;:,")
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WORD_CHAR = re.compile(r"\w")
+_PYTHON_DEDENT = re.compile(r"(return|pass|raise|break|continue)\b")  # the next line leaves the block
 _COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
 _STRINGS = frozenset(
     {
@@ -91,16 +103,19 @@ _DEFAULT_INDENT_UNIT = {"go": "\t"}  # gofmt; everything else defaults to four s
 class InfillContext:
     """Everything downstream of context extraction needs about one completion request."""
 
-    prefix: str  # text before the cursor, within the prefix budget
+    prefix: str  # text before the cursor, within the prefix budget, then ``lead``
     suffix: str  # text after the cursor, within the suffix budget
     mode: Mode
     offset: int  # cursor offset in the document
     language: str | None  # grammar name; None = no grammar, plain lines
-    line_prefix: str  # the whole cursor line before the cursor
+    line_prefix: str  # the whole cursor line before the cursor, then ``lead``
     line_suffix: str  # the whole cursor line after the cursor, without its line break
     indent: str  # indentation completed lines must keep to stay in scope (see module docstring)
     indent_unit: str  # one level of indentation in this file: "\t" or N spaces
     line_ending: str  # "\n" or "\r\n"
+    # whitespace the editor would have auto-indented: the end of prefix and line_prefix, and the
+    # start of the completion (see module docstring)
+    lead: str = ""
 
     @property
     def rest_is_closing(self) -> bool:
@@ -360,39 +375,62 @@ def _docstring_ends(syntax: _Syntax, line: int) -> Node | None:
     return None
 
 
-def _decide_mode(window: _Window, syntax: _Syntax | None, grammar: str | None, unit: str) -> tuple[Mode, str]:
-    """Mode and scope indentation at the cursor; the rules are in the module docstring."""
+def _decide_mode(
+    window: _Window, syntax: _Syntax | None, grammar: str | None, unit: str
+) -> tuple[Mode, str, str]:
+    """Mode, scope indentation and lead at the cursor; the rules are in the module docstring."""
     line, column = window.cursor_line, window.column
     text = window.line(line)
     before, after = text[:column], text[column:]
     indent = _indentation(text)
+    literal = syntax.literal_at(syntax.byte(line, column)) if syntax is not None else None
+    at_line_start = not before.strip() and literal is None
     if _WORD_CHAR.match(after):
-        return "none", indent
-    if syntax is not None:
-        literal = syntax.literal_at(syntax.byte(line, column))
-        if literal is not None:
-            docstring = grammar == "python" and literal.type == "string" and _is_docstring(literal)
-            return ("line" if docstring else "none"), indent
+        lead = _statement_lead(window, syntax, grammar, before, unit) if at_line_start else ""
+        return "none", before + lead if at_line_start else indent, lead
+    if literal is not None:
+        docstring = grammar == "python" and literal.type == "string" and _is_docstring(literal)
+        return ("line" if docstring else "none"), indent, ""
     rest = after.strip()
     closing_only = not rest or set(rest) <= CLOSING_CHARS
     if before.strip():
         if closing_only and _ends_with_opener(window, syntax, grammar, line, column, same_line=True):
-            return "block", indent + unit
-        return "line", indent
-    if not closing_only:
-        return "none", indent
+            return "block", indent + unit, ""
+        return "line", indent, ""
+    if not closing_only:  # code follows: an explicit request writes a new line before it
+        lead = _statement_lead(window, syntax, grammar, before, unit)
+        return "none", before + lead, lead
     previous = _previous_code_line(window, syntax)
     if previous is None:
-        return "line", before
+        return "line", before, ""
     previous_text = window.line(previous)
     if _ends_with_opener(window, syntax, grammar, previous, len(previous_text), same_line=False):
         body = _indentation(previous_text) + unit
     elif grammar == "python" and syntax is not None and (docstring := _docstring_ends(syntax, previous)):
         body = _indentation(window.line(syntax.line_of(docstring.start_byte)))
     else:
-        return "line", before
+        lead = _statement_lead(window, syntax, grammar, before, unit)
+        return "line", before + lead, lead
     # Whitespace the editor already auto-indented is authoritative: it knows the user's settings.
-    return "block", before if len(before) > len(_indentation(previous_text)) else body
+    if len(before) > len(_indentation(previous_text)):
+        return "block", before, ""
+    return "block", body, body[len(before) :] if body.startswith(before) else ""
+
+
+def _statement_lead(
+    window: _Window, syntax: _Syntax | None, grammar: str | None, before: str, unit: str
+) -> str:
+    """What to add to ``before`` for a statement starting at the cursor (module docstring, "Lead")."""
+    previous = _previous_code_line(window, syntax)
+    if previous is None:
+        return ""
+    code = window.line(previous)
+    expected = _indentation(code)
+    if _ends_with_opener(window, syntax, grammar, previous, len(code), same_line=False):
+        expected += unit
+    elif grammar == "python" and _PYTHON_DEDENT.match(code.lstrip()) and expected.endswith(unit):
+        expected = expected[: -len(unit)]
+    return expected[len(before) :] if expected.startswith(before) else ""
 
 
 # --- budgets -------------------------------------------------------------------------------------
@@ -504,7 +542,7 @@ def extract_context(
     window = _Window.around(text, offset, before, after)
     syntax = _Syntax.parse(window, grammar) if len(window.text) <= before + after else None
     unit = detect_indent_unit(window.text, _DEFAULT_INDENT_UNIT.get(grammar or "", "    "))
-    mode, indent = _decide_mode(window, syntax, grammar, unit)
+    mode, indent, lead = _decide_mode(window, syntax, grammar, unit)
 
     prefix_units = suffix_units = None
     if syntax is not None:
@@ -513,18 +551,20 @@ def extract_context(
             prefix_units.add(0)
         if window.start + len(window.text) == len(text):
             suffix_units.add(len(window.ends) - 1)
-    start = _prefix_start(window, _Budget(count_tokens, prefix_tokens), prefix_units)
+    lead_tokens = count_tokens(lead) if lead else 0
+    start = _prefix_start(window, _Budget(count_tokens, prefix_tokens - lead_tokens), prefix_units)
     end = _suffix_end(window, _Budget(count_tokens, suffix_tokens), suffix_units)
     line = window.line(window.cursor_line)
     return InfillContext(
-        prefix=window.text[start : window.cursor],
+        prefix=window.text[start : window.cursor] + lead,
         suffix=window.text[window.cursor : end],
         mode=mode,
         offset=offset,
         language=grammar,
-        line_prefix=line[: window.column],
+        line_prefix=line[: window.column] + lead,
         line_suffix=line[window.column :],
         indent=indent,
         indent_unit=unit,
         line_ending=detect_line_ending(window.text),
+        lead=lead,
     )

@@ -27,12 +27,17 @@ def thirds(text: str) -> int:
 
 
 def assert_window(text: str, ctx: context.InfillContext, count, prefix_tokens=384, suffix_tokens=128) -> None:
-    """Prefix and suffix are the text around the cursor, within budget, cut only at line breaks."""
+    """Prefix and suffix are the text around the cursor, within budget, cut only at line breaks.
+
+    The prefix ends with the lead, whitespace that is not in the document (see ``context``).
+    """
     assert count(ctx.prefix) <= prefix_tokens
     assert count(ctx.suffix) <= suffix_tokens
-    assert text[ctx.offset - len(ctx.prefix) : ctx.offset] == ctx.prefix
+    assert not ctx.lead.strip() and ctx.prefix.endswith(ctx.lead) and ctx.line_prefix.endswith(ctx.lead)
+    before = ctx.prefix[: len(ctx.prefix) - len(ctx.lead)]
+    assert text[ctx.offset - len(before) : ctx.offset] == before
     assert text[ctx.offset : ctx.offset + len(ctx.suffix)] == ctx.suffix
-    start, end = ctx.offset - len(ctx.prefix), ctx.offset + len(ctx.suffix)
+    start, end = ctx.offset - len(before), ctx.offset + len(ctx.suffix)
     assert start == 0 or text[start - 1] in "\r\n" or ctx.line_prefix.endswith(ctx.prefix)
     assert end == len(text) or text[end] in "\r\n" or ctx.line_suffix.startswith(ctx.suffix)
 
@@ -48,6 +53,7 @@ def test_golden(case: Case):
         assert ctx.mode == case.headers["mode"]
     if "indent" in case.headers:
         assert ctx.indent == case.literal("indent")
+    assert ctx.lead == (case.literal("lead") if "lead" in case.headers else "")
     if "prefix" in case.sections:
         assert ctx.prefix == case.sections["prefix"]
     if "suffix" in case.sections:

@@ -74,10 +74,24 @@ def test_tab_file_keeps_alignment_spaces():
 
 
 def test_limit_scope_checks_the_first_line_only_at_line_start():
-    ctx = context_at("def f():\n█")  # body indentation "    ", cursor at column 0
+    # body indentation "    ", cursor at column 0 without the lead the context would add
+    ctx = context_at("def f():\n█", line_prefix="", lead="")
     assert ctx.mode == "block"
     assert limit_scope("x = 1\n    y = 2", ctx) == ""
     assert limit_scope("    x = 1\n    y = 2\nz = 3", ctx) == "    x = 1\n    y = 2"
+
+
+def test_an_explicit_line_before_code_is_a_line_of_its_own():
+    """HumanEval's single-line position: column 0, before the next statement, explicitly invoked."""
+    document = "def f(n):\n    if n:\n█        return n\n    return 0\n"
+    ctx = context_at(document, mode="line")  # plan() makes an explicit request's "none" a line
+    completion = postprocess("n += 1", ctx)
+    assert completion == Completion("        n += 1\n")
+    text, offset = document.replace("█", ""), document.index("█")
+    assert text[:offset] + completion.text + text[offset:] == (
+        "def f(n):\n    if n:\n        n += 1\n        return n\n    return 0\n"
+    )
+    assert postprocess("return n", ctx) is None  # the next line again
 
 
 @pytest.mark.parametrize(

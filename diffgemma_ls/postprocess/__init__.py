@@ -15,6 +15,9 @@ One filter per module, each a pure ``(text, context) -> text`` function, applied
 10. ``closing_chars``: last, on the final text: how much of the closers after the cursor
     the completion replaces (``Completion.replace_end``).
 
+The filters see the cursor after ``InfillContext.lead`` (the indentation the editor would have
+put there); the completion starts with it.
+
 Golden cases in ``tests/golden/postprocess/`` pin the behaviour down.
 """
 
@@ -68,7 +71,7 @@ def postprocess(raw: str, ctx: InfillContext) -> Completion | None:
         if result is None:
             return None
         text = result
-    return Completion(text, replaced_closers(text, ctx))
+    return Completion(ctx.lead + text, replaced_closers(text, ctx))
 
 
 __all__ = ["FILTERS", "Completion", "Filter", "postprocess"]

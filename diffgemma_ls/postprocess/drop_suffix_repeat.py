@@ -6,7 +6,7 @@ already there, the ``return x`` on the next line, the ``, b)`` after the cursor.
 * whole lines: if the completion's last lines (from its second line on) are the first non-blank
   lines that follow it, they are dropped. Indentation must match too, or the ``}`` closing a
   block the model opened would pass for the ``}`` of the enclosing one. Text after the cursor
-  on its line counts as a line at the cursor line's indentation (where ``trim_trailing`` puts it);
+  on its line counts as a line after the cursor line's indentation (where ``trim_trailing`` puts it);
 * within the line: a completion ending with the rest of the cursor line loses that ending, unless
   the rest of the line is only closing characters, which ``closing_chars`` handles with brackets
   counted.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from diffgemma_ls.context import InfillContext
+from diffgemma_ls.postprocess.trim_trailing import document_indent
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -24,8 +25,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 def _following_lines(ctx: InfillContext) -> list[str]:
     """Non-blank lines after the cursor as they will stand after a multi-line completion."""
     rest, *lines = _LINE_BREAK.split(ctx.suffix)
-    indent = ctx.line_prefix[: len(ctx.line_prefix) - len(ctx.line_prefix.lstrip(" \t"))]
-    following = [indent + rest.strip()] if rest.strip() else []
+    following = [(document_indent(ctx) + rest).rstrip()] if rest.strip() else []
     return following + [line.rstrip() for line in lines if line.strip()]
 
 

@@ -1,7 +1,9 @@
 """Trailing whitespace and blank lines of a completion are noise: drop them.
 
-One exception: when a multi-line completion is inserted before text on the cursor line (the ``}``
-of ``{█}``), that text must move to a line of its own, at the cursor line's indentation.
+One exception: when a completion is inserted before text on the cursor line, that text must move
+to a line of its own, at the cursor line's indentation: after a multi-line completion (the ``}``
+of ``{█}``), and after a line written at the start of a line that holds code (an explicit
+request there writes a new line before the code; see ``context``, "Lead").
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from diffgemma_ls.context import InfillContext
 
 def trim_trailing(text: str, ctx: InfillContext) -> str:
     text = text.rstrip()
-    if "\n" in text and ctx.line_suffix.strip():
-        indent = ctx.line_prefix[: len(ctx.line_prefix) - len(ctx.line_prefix.lstrip(" \t"))]
-        text += "\n" + indent
+    new_line = ctx.mode == "line" and not ctx.line_prefix.strip() and not ctx.rest_is_closing
+    if text and ctx.line_suffix.strip() and ("\n" in text or new_line):
+        text += "\n" + document_indent(ctx)
     return text
+
+
+def document_indent(ctx: InfillContext) -> str:
+    """The cursor line's indentation in the document (without the lead the context added)."""
+    typed = ctx.line_prefix[: len(ctx.line_prefix) - len(ctx.lead)]
+    return typed[: len(typed) - len(typed.lstrip(" \t"))]
