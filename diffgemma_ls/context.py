@@ -37,7 +37,8 @@ line's own whitespace when that is deeper); for ``line`` the cursor line's inden
 auto-indented: the missing whitespace (``InfillContext.lead``) ends the prefix the model sees, and
 the completion starts with it. The code belongs at the body's indentation in ``block`` mode;
 otherwise at the previous code line's, one unit more after an opener, one unit less after a
-Python ``return``/``pass``/``raise``/``break``/``continue`` (the editors' own on-Enter rules).
+Python ``return``/``pass``/``raise``/``break``/``continue`` (the editors' own on-Enter rules), and
+only from column 0 or a partly typed level: whole levels typed are a dedent the user chose.
 With code after the cursor (mode ``none``, so only an explicit request gets here) the completion
 is a new line before that code, which ``trim_trailing`` ends with a line break. The model learned
 code mostly with the cursor after the indentation, and at column 0 it starts new top-level
@@ -421,8 +422,9 @@ def _statement_lead(
     window: _Window, syntax: _Syntax | None, grammar: str | None, before: str, unit: str
 ) -> str:
     """What to add to ``before`` for a statement starting at the cursor (module docstring, "Lead")."""
+    partial = unit != "\t" and "\t" not in before and len(before) % len(unit) != 0
     previous = _previous_code_line(window, syntax)
-    if previous is None:
+    if previous is None or (before and not partial):  # a whole level typed is the user's choice
         return ""
     code = window.line(previous)
     expected = _indentation(code)
