@@ -119,6 +119,12 @@ class InfillContext:
     lead: str = ""
 
     @property
+    def line_indent(self) -> str:
+        """The cursor line's indentation in the document (without the lead)."""
+        typed = self.line_prefix[: len(self.line_prefix) - len(self.lead)]
+        return typed[: len(typed) - len(typed.lstrip(" \t"))]
+
+    @property
     def rest_is_closing(self) -> bool:
         """Whether only closing characters (and whitespace) follow the cursor on its line."""
         rest = self.line_suffix.strip()
@@ -387,8 +393,10 @@ def _decide_mode(
     literal = syntax.literal_at(syntax.byte(line, column)) if syntax is not None else None
     at_line_start = not before.strip() and literal is None
     if _WORD_CHAR.match(after):
-        lead = _statement_lead(window, syntax, grammar, before, unit) if at_line_start else ""
-        return "none", before + lead if at_line_start else indent, lead
+        if not at_line_start:
+            return "none", indent, ""
+        lead = _statement_lead(window, syntax, grammar, before, unit, _previous_code_line(window, syntax))
+        return "none", before + lead, lead
     if literal is not None:
         docstring = grammar == "python" and literal.type == "string" and _is_docstring(literal)
         return ("line" if docstring else "none"), indent, ""
@@ -398,10 +406,10 @@ def _decide_mode(
         if closing_only and _ends_with_opener(window, syntax, grammar, line, column, same_line=True):
             return "block", indent + unit, ""
         return "line", indent, ""
-    if not closing_only:  # code follows: an explicit request writes a new line before it
-        lead = _statement_lead(window, syntax, grammar, before, unit)
-        return "none", before + lead, lead
     previous = _previous_code_line(window, syntax)
+    if not closing_only:  # code follows: an explicit request writes a new line before it
+        lead = _statement_lead(window, syntax, grammar, before, unit, previous)
+        return "none", before + lead, lead
     if previous is None:
         return "line", before, ""
     previous_text = window.line(previous)
@@ -410,7 +418,7 @@ def _decide_mode(
     elif grammar == "python" and syntax is not None and (docstring := _docstring_ends(syntax, previous)):
         body = _indentation(window.line(syntax.line_of(docstring.start_byte)))
     else:
-        lead = _statement_lead(window, syntax, grammar, before, unit)
+        lead = _statement_lead(window, syntax, grammar, before, unit, previous)
         return "line", before + lead, lead
     # Whitespace the editor already auto-indented is authoritative: it knows the user's settings.
     if len(before) > len(_indentation(previous_text)):
@@ -419,11 +427,13 @@ def _decide_mode(
 
 
 def _statement_lead(
-    window: _Window, syntax: _Syntax | None, grammar: str | None, before: str, unit: str
+    window: _Window, syntax: _Syntax | None, grammar: str | None, before: str, unit: str, previous: int | None
 ) -> str:
-    """What to add to ``before`` for a statement starting at the cursor (module docstring, "Lead")."""
+    """What to add to ``before`` for a statement starting at the cursor (module docstring, "Lead").
+
+    ``previous`` is the line of the nearest code above the cursor (``_previous_code_line``).
+    """
     partial = unit != "\t" and "\t" not in before and len(before) % len(unit) != 0
-    previous = _previous_code_line(window, syntax)
     if previous is None or (before and not partial):  # a whole level typed is the user's choice
         return ""
     code = window.line(previous)

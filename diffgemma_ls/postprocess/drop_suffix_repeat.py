@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 
 from diffgemma_ls.context import InfillContext
-from diffgemma_ls.postprocess.trim_trailing import document_indent
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -25,7 +24,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 def _following_lines(ctx: InfillContext) -> list[str]:
     """Non-blank lines after the cursor as they will stand after a multi-line completion."""
     rest, *lines = _LINE_BREAK.split(ctx.suffix)
-    following = [(document_indent(ctx) + rest).rstrip()] if rest.strip() else []
+    following = [(ctx.line_indent + rest).rstrip()] if rest.strip() else []
     return following + [line.rstrip() for line in lines if line.strip()]
 
 

@@ -15,11 +15,5 @@ def trim_trailing(text: str, ctx: InfillContext) -> str:
     text = text.rstrip()
     new_line = ctx.mode == "line" and not ctx.line_prefix.strip() and not ctx.rest_is_closing
     if text and ctx.line_suffix.strip() and ("\n" in text or new_line):
-        text += "\n" + document_indent(ctx)
+        text += "\n" + ctx.line_indent
     return text
-
-
-def document_indent(ctx: InfillContext) -> str:
-    """The cursor line's indentation in the document (without the lead the context added)."""
-    typed = ctx.line_prefix[: len(ctx.line_prefix) - len(ctx.lead)]
-    return typed[: len(typed) - len(typed.lstrip(" \t"))]
