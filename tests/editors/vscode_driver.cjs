@@ -42,6 +42,8 @@ async function fill(page, editor, status, seen) {
   await entry.waitFor({ timeout: job.timeoutMs });
   seen.contextMenu = true;
   await entry.click();
+  // monaco's menu sometimes takes the click as a hover only and stays open: Enter runs the highlighted entry
+  await entry.waitFor({ state: "hidden", timeout: 2000 }).catch(() => page.keyboard.press("Enter"));
   await page.locator(".tab.active.dirty").waitFor({ timeout: job.ghostTimeoutMs });
   seen.statusBar = (await status.textContent()).trim();
   await page.screenshot({ path: job.screenshot });
