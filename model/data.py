@@ -8,8 +8,6 @@ Middles come in the shapes a completion request has in an editor:
 
 - ``line_tail``: the rest of a line from a random column (typing mid-line);
 - ``line``: a whole line after its indentation (cursor on a fresh, auto-indented line);
-- ``line_start``: a whole line with its indentation (cursor at column 0, as HumanEval-Infilling's
-  single-line tasks cut; without it the model read column 0 as top level);
 - ``block``: a tree-sitter ``block`` node (body of a def / class / if / for / with / try ...);
 - ``span``: a random character span, possibly crossing lines (general infilling).
 
@@ -36,11 +34,10 @@ from tree_sitter import Language, Parser
 from diffgemma_ls.prompt import build_prompt, encode_text
 
 CORPUS = Path(__file__).resolve().parent / "work" / "corpus"
-KINDS = ("line_tail", "line", "block", "span", "line_start")
-# The held-out set (and every evaluation) draws with the mix the model was first trained on, so
-# the learning curve stays comparable across runs; training adds ``line_start`` from ``next7`` on.
-HELDOUT_KIND_WEIGHTS = (0.35, 0.15, 0.25, 0.25, 0.0)
-TRAIN_KIND_WEIGHTS = (0.30, 0.12, 0.23, 0.23, 0.12)
+KINDS = ("line_tail", "line", "block", "span")
+# Training and the held-out set draw the same mix. ``next7``/``next8`` also trained on column-0
+# whole lines; the server's lead (context.py) never asks for those, and they completed worse.
+KIND_WEIGHTS = (0.35, 0.15, 0.25, 0.25)
 MAX_BLOCK_BYTES = 1500
 MAX_CONTINUATION = 192  # middle tokens appended to the prompt in block-AR examples
 
@@ -69,7 +66,6 @@ class InfillSampler:
         max_prefix: int = 384,
         max_suffix: int = 128,
         vary_window: bool = False,
-        kind_weights: tuple[float, ...] = HELDOUT_KIND_WEIGHTS,
     ) -> None:
         self.texts = texts
         self.tok = tokenizer
@@ -77,7 +73,6 @@ class InfillSampler:
         # training draws each example's window size in [1/8, 1] of the maximum: a server may send
         # smaller windows, and short prompts make a step ~2x cheaper on CPU (more canvases per hour)
         self.vary_window = vary_window
-        self.kind_weights = kind_weights
         self.cum = []
         total = 0
         for t in texts:
@@ -104,7 +99,7 @@ class InfillSampler:
     def _cut(self, idx: int, kind: str, rng: random.Random) -> tuple[str, str, str] | None:
         """(prefix, middle, suffix) of the whole file, or None if this file has no such cut."""
         text = self.texts[idx]
-        if kind in ("line_tail", "line", "line_start"):
+        if kind in ("line_tail", "line"):
             for _ in range(8):  # a random character's line: longer lines are picked more often
                 s = text.rfind("\n", 0, rng.randrange(len(text))) + 1
                 e = text.find("\n", s)
@@ -113,10 +108,7 @@ class InfillSampler:
                 indent = len(line) - len(line.lstrip())
                 if e - s - indent < 2:
                     continue
-                if kind == "line_tail":
-                    col = rng.randrange(s + indent, e - 1)
-                else:
-                    col = s if kind == "line_start" else s + indent
+                col = rng.randrange(s + indent, e - 1) if kind == "line_tail" else s + indent
                 return text[:col], text[col:e], text[e:]
             return None
         if kind == "block":
@@ -156,11 +148,11 @@ class InfillSampler:
         return ""
 
     def sample(self, rng: random.Random, kind: str | None = None) -> Example:
-        """One example; ``kind`` forces a middle shape (evaluation), else drawn by ``kind_weights``."""
+        """One example; ``kind`` forces a middle shape (evaluation), else drawn by ``KIND_WEIGHTS``."""
         fixed = kind
         while True:
             idx = bisect.bisect_right(self.cum, rng.randrange(self.cum[-1]))
-            kind = fixed or rng.choices(KINDS, self.kind_weights)[0]
+            kind = fixed or rng.choices(KINDS, KIND_WEIGHTS)[0]
             cut = self._cut(idx, kind, rng)
             if cut is None or not cut[1].strip():
                 continue

@@ -40,7 +40,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 
 from model.arch import build_model
-from model.data import TRAIN_KIND_WEIGHTS, Batch, InfillSampler, load_texts, make_batch
+from model.data import Batch, InfillSampler, load_texts, make_batch
 
 WORK = Path(__file__).resolve().parent / "work"
 CANVAS_LENGTHS = (16, 32, 64)
@@ -245,7 +245,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M, size {state['size']}, resuming at step {step0}")
 
-    train_sampler = InfillSampler(load_texts("train"), tok, vary_window=True, kind_weights=TRAIN_KIND_WEIGHTS)
+    train_sampler = InfillSampler(load_texts("train"), tok, vary_window=True)
     val_batches = heldout_batches(tok, args.eval_examples)
 
     def log(row: dict) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from diffgemma_ls.bench import runner
-from diffgemma_ls.bench.baseline import nearest_line_completion
 from diffgemma_ls.bench.metrics import Scorer, edit_similarity, normalize, parses
 from diffgemma_ls.bench.report import COLUMNS, FILES
 from diffgemma_ls.bench.sandbox import Limits, network_isolation, run_python
@@ -21,6 +20,7 @@ from diffgemma_ls.bench.tasks import SUITES, heldout_files, humaneval_tasks, loa
 from diffgemma_ls.bench.worker import generate
 from diffgemma_ls.cli import main
 from diffgemma_ls.config import Settings
+from diffgemma_ls.nearest_line import nearest_line_completion
 
 # --- sandbox: each test fails if the limit it names were not enforced -----------------------------
 
@@ -142,7 +142,7 @@ def test_bench_end_to_end_writes_table_json_csv_png(
 
     result = json.loads((out / "results.json").read_text())
     decodes = [r["decode"] for r in result["rows"]]
-    assert decodes == ["adaptive", "fixed", "sequential", "adaptive@0.5", "nearest-line"]
+    assert decodes == ["adaptive", "fixed", "sequential", "model-only", "adaptive@0.5", "nearest-line"]
     for row in result["rows"][:4]:
         assert row["tasks"] == 2 and row["forward_passes"] > 0 and row["e2e_p50_ms"] > 0
         assert row["tested"] == 1 and 0 <= row["pass_at_1"] <= 1  # the HumanEval task's test ran
@@ -186,7 +186,8 @@ def test_quantizations_side_by_side(
     )
     result = runner.run_bench_plan(plan, progress=lambda line: None)
     rows = {(r["quantize"], r["decode"]): r for r in result["rows"]}
-    assert set(rows) == {(q, m) for q in plan.quantizations for m in plan.modes} | {("-", "nearest-line")}
+    modes = {(q, m) for q in plan.quantizations for m in plan.modes}
+    assert set(rows) == modes | {("none", "model-only"), ("-", "nearest-line")}  # the model alone: once
     assert rows["none", "fixed"]["forward_passes"] == 4  # --steps is exact for fixed
     assert rows["none", "adaptive"]["quantized_fraction"] == 0
     assert rows["8bit", "adaptive"]["quantized_fraction"] > 0.9

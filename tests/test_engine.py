@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DiffusionGemmaForBlockDiffusion
+from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from diffgemma_ls.engine.infill import Cancelled, DecodeOptions, Engine
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
 from diffgemma_ls.engine.model import NEVER, CodeDiffusionGemma
 from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, token_entropy
+from diffgemma_ls.prompt import build_prompt, encode_text
 from tests import tiny
 
 PREFIX = "def add(a, b):\n    "
@@ -323,3 +324,73 @@ def test_as_you_type_requests_take_fewer_passes_than_explicit_ones(engine: Engin
     assert (typing.options.max_steps, asked.options.max_steps) == (3, 16)
     result = run(engine, typing).result
     assert result is not None and 1 <= result.forward_passes <= 3 * typing.options.max_canvases  # per canvas
+
+
+def _half_masked_log_likelihood(
+    engine: Engine, prefix: str, suffix: str, text: str, canvas_length: int
+) -> float:
+    """The rival score from first principles: a fresh prefill and one batch-1 pass per half."""
+    model, tok = engine.model, engine.tokenizer
+    prompt = build_prompt(tok, prefix, suffix).ids
+    ids = [*encode_text(tok, text.rstrip()), engine.eos_id]
+    total = 0.0
+    for parity in (0, 1):
+        canvas = torch.full((1, canvas_length), model.mask_token_id)
+        for i, token in enumerate(ids):
+            if i % 2 != parity:
+                canvas[0, i] = token
+        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        model.model.encoder(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
+        with torch.no_grad():
+            logits = model(
+                cache=cache,
+                decoder_input_ids=canvas,
+                decoder_position_ids=len(prompt) + torch.arange(canvas_length)[None],
+            ).logits
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        total += sum(float(log_p[0, i, t]) for i, t in enumerate(ids) if i % 2 == parity)
+    return total
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+def test_a_rival_wins_only_when_the_model_finds_it_more_likely(engine: Engine, candidates: int) -> None:
+    options = DecodeOptions(canvas_length=16, max_steps=4, candidates=candidates)
+    own = engine.infill(PREFIX, SUFFIX, options)
+    rivals = ["return a + b", "x", "print(a, b) if a else b"]
+    result = engine.infill(PREFIX, SUFFIX, options, rivals=rivals)
+    assert result.forward_passes == own.forward_passes + 1  # one batched pass scores them all
+    scores = [_half_masked_log_likelihood(engine, PREFIX, SUFFIX, t, 16) for t in [own.text, *rivals]]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    assert result.copied == (best > 0)
+    if best > 0:
+        assert result.text == rivals[best - 1] and result.alternatives == [own.text, *own.alternatives]
+    else:
+        assert result.text == own.text and result.alternatives == own.alternatives
+
+
+def test_a_rival_equal_to_the_answer_keeps_the_answer(engine: Engine) -> None:
+    options = DecodeOptions(canvas_length=16, max_steps=4)
+    own = engine.infill(PREFIX, SUFFIX, options)
+    result = engine.infill(PREFIX, SUFFIX, options, rivals=[own.text])
+    assert (result.text, result.copied) == (own.text, False)
+
+
+def test_an_answer_spanning_canvases_has_no_rival(constant_engine: Engine) -> None:
+    """16 constant tokens fill the canvas, no room for EOS: nothing to compare, no extra pass."""
+    options = DecodeOptions(canvas_length=16, max_steps=8)
+    own = constant_engine.infill(PREFIX, SUFFIX, options)
+    result = constant_engine.infill(PREFIX, SUFFIX, options, rivals=["x"])
+    assert (result.text, result.copied, result.forward_passes) == (own.text, False, own.forward_passes)
+
+
+def test_line_and_block_requests_have_the_nearest_line_as_rival(engine: Engine) -> None:
+    from diffgemma_ls.completion import plan, plan_fill
+    from diffgemma_ls.config import Settings
+
+    text = "class P:\n    def __init__(self, x, y):\n        self.x = x\n        self.\n"
+    at = text.index("self.\n") + len("self.")
+    request = plan(text, at, "python", Settings(), engine, invoked=True)
+    assert request is not None and request.rivals == ("x = x",)
+    off = plan(text, at, "python", Settings(), engine, invoked=True, copy_rival=False)
+    assert off is not None and off.rivals == ()
+    assert plan_fill(text, at, at, "python", Settings(), engine).rivals == ()  # a body, not a line

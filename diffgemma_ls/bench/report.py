@@ -161,7 +161,7 @@ def frontier_png(result: dict[str, Any], path: Path) -> None:
     baseline = next((r for r in result["rows"] if r["quantize"] == "-"), None)
     panels = [("edit_similarity", "edit similarity (all tasks)"), ("pass_at_1", "pass@1 (HumanEval)")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    markers = {"adaptive": "o", "fixed": "s", "sequential": "^"}
+    markers = {"adaptive": "o", "fixed": "s", "sequential": "^", "model-only": "x"}
     for ax, (key, label) in zip(axes, panels, strict=True):
         for index, quantize in enumerate(dict.fromkeys(r["quantize"] for r in rows)):
             color = f"C{index}"  # one color per quantization, one marker per mode

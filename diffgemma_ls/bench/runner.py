@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-from diffgemma_ls.bench.baseline import nearest_line_completion
 from diffgemma_ls.bench.metrics import Scorer
 from diffgemma_ls.bench.sandbox import Limits, network_isolation
 from diffgemma_ls.bench.tasks import Task, load_tasks
 from diffgemma_ls.bench.worker import DecodeConfig
 from diffgemma_ls.config import Settings
+from diffgemma_ls.nearest_line import nearest_line_completion
 
 Progress = Callable[[str], None]
 BASELINE = "nearest-line"
@@ -51,17 +51,28 @@ class BenchPlan:
     limits: Limits
 
 
+MODEL_ONLY = "model-only"
+
+
 def mode_configs(plan: BenchPlan) -> list[DecodeConfig]:
-    """The decoding modes as asked, on every quantization."""
+    """The decoding modes as asked, on every quantization, each as the server decodes (rival included)."""
     return [
         DecodeConfig(mode, mode, plan.steps, plan.entropy_bound if mode == "adaptive" else None)
         for mode in plan.modes
     ]
 
 
-def sweep_configs(plan: BenchPlan) -> list[DecodeConfig]:
-    """Adaptive decoding at each swept entropy bound: the frontier's curve."""
-    return [DecodeConfig(f"adaptive@{bound:g}", "adaptive", plan.steps, bound) for bound in plan.sweep_bounds]
+def first_quantization_configs(plan: BenchPlan) -> list[DecodeConfig]:
+    """On the first quantization only: the model alone, and the frontier's entropy-bound sweep.
+
+    ``model-only`` is adaptive decoding without the nearest-line rival (``completion.plan``), so the
+    table shows what the model adds over copying.
+    """
+    alone = [DecodeConfig(MODEL_ONLY, "adaptive", plan.steps, plan.entropy_bound, copy_rival=False)]
+    sweep = [
+        DecodeConfig(f"adaptive@{bound:g}", "adaptive", plan.steps, bound) for bound in plan.sweep_bounds
+    ]
+    return (alone if "adaptive" in plan.modes else []) + sweep
 
 
 def _task_spec(task: Task) -> dict[str, str]:
@@ -173,7 +184,7 @@ def run_bench_plan(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
 
     workers = {}
     for index, quantize in enumerate(plan.quantizations):
-        configs = mode_configs(plan) + (sweep_configs(plan) if index == 0 else [])
+        configs = mode_configs(plan) + (first_quantization_configs(plan) if index == 0 else [])
         settings = dataclasses.replace(plan.settings, quantize=quantize)
         progress(f"generating with quantization {quantize}: {', '.join(c.name for c in configs)}")
         workers[quantize] = run_worker(settings, tasks, configs)

@@ -35,6 +35,7 @@ class DecodeConfig:
     decode: str
     steps: int | None = None
     entropy_bound: float | None = None
+    copy_rival: bool = True  # the server's nearest-line rival (completion.plan); off: the model alone
 
 
 def _request(
@@ -51,6 +52,7 @@ def _request(
         decode=config.decode,
         steps=config.steps,
         entropy_bound=config.entropy_bound,
+        copy_rival=config.copy_rival,
     )
     e2e_ms = (time.perf_counter() - started) * 1000
     result, completion = outcome.result, outcome.completion

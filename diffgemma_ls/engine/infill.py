@@ -15,7 +15,7 @@ import threading
 import time
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -85,6 +85,7 @@ class InfillResult:
     reused_prompt_tokens: int = 0  # prompt tokens whose encoder KV came from the previous request
     alternatives: list[str] = field(default_factory=list)  # rows 1.. of a batched candidates run
     seeded_tokens: int = 0  # committed canvas tokens carried over from the previous request (warm start)
+    copied: bool = False  # a rival (a line copied from the file) won over the denoised middle
 
 
 TOTALS = ("modelCalls", "forwardPasses", "promptTokens", "reusedPromptTokens", "warmStarts", "seededTokens")
@@ -182,7 +183,9 @@ class Engine:
         gen = self.model.generation_config
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.end_ids = {self.pad_id, *([eos] if isinstance(eos, int) else eos)}
+        eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.eos_id = eos_ids[0]  # what ends a middle on a canvas (training's layout)
+        self.end_ids = {self.pad_id, *eos_ids}
         sampler_config = getattr(gen, "sampler_config", None)
         self.default_entropy_bound = sampler_config.entropy_bound if sampler_config is not None else 0.1
 
@@ -214,13 +217,16 @@ class Engine:
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
         cache_key: str | None = None,
+        rivals: Sequence[str] = (),
     ) -> InfillResult:
         """Denoise the middle between ``prefix`` and ``suffix``.
 
         ``deadline`` is a ``time.monotonic()`` instant: once passed, the current draft is returned
         (``budget_exhausted``). ``cancelled`` is polled between steps and raises ``Cancelled``.
         ``cache_key`` reuses the encoder cache (and, with warm start, the canvas) of the previous
-        request with the same key.
+        request with the same key. ``rivals`` are other middles (a line copied from the file): the
+        denoised one is kept unless a rival is more likely under the model (``_likelihoods``), in
+        which case that rival is the text and the denoised middle the first alternative.
         """
         options = options or DecodeOptions()
         prompt = build_prompt(self.tokenizer, prefix, suffix).ids
@@ -277,20 +283,35 @@ class Engine:
                     warmStarts=int(seeded > 0),
                     seededTokens=seeded,
                 )
+            pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
+            generated = torch.cat(pieces, dim=-1).tolist() if pieces else [[]]  # (candidates, tokens)
+            sampler = getattr(view, "_generation_sampler", None)
+            if isinstance(sampler, CodeSampler) and sampler.line_stop is not None and sampler.line_cut:
+                # past the first line the canvas holds padding, and the draft the model's unused guesses
+                cuts = sampler.line_cut
+                generated = [
+                    row if cut is None else row[:cut] for row, cut in zip(generated, cuts, strict=True)
+                ]
+            middle, *others = (self._cut_at_end(row) for row in generated)
+            generated = generated[0]
+            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in [middle, *others]]
+            rival = None
+            # a mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask)
+            scores = None
+            if rivals and not budget_exhausted and self.model.mask_token_id is not None:
+                scores = self._likelihoods(cache, len(prompt), [texts[0], *rivals], options.canvas_length)
+            if scores is not None:
+                monitor.forward_passes += 1
+                self.totals["forwardPasses"] += 1
+                best = max(range(len(scores)), key=scores.__getitem__)  # the first on a tie: the model's
+                if best > 0:
+                    rival = rivals[best - 1]
+                    texts.insert(0, rival)
             elapsed = time.perf_counter() - started
             prefill = self._encoder_timer.total
-        pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
-        generated = torch.cat(pieces, dim=-1).tolist() if pieces else [[]]  # (candidates, tokens)
-        sampler = getattr(view, "_generation_sampler", None)
-        if isinstance(sampler, CodeSampler) and sampler.line_stop is not None and sampler.line_cut:
-            # past the first line the canvas holds padding, and the draft the model's unused guesses
-            cuts = sampler.line_cut
-            generated = [row if cut is None else row[:cut] for row, cut in zip(generated, cuts, strict=True)]
-        middle, *others = (self._cut_at_end(row) for row in generated)
-        generated = generated[0]
         passes = monitor.forward_passes
         return InfillResult(
-            text=self.tokenizer.decode(middle, skip_special_tokens=True),
+            text=texts[0],
             forward_passes=passes,
             tokens_per_forward=(min(len(middle) + 1, len(generated)) / passes) if passes else math.nan,
             prefill_ms=prefill * 1000,
@@ -300,9 +321,59 @@ class Engine:
             budget_exhausted=budget_exhausted,
             token_ids=middle,
             reused_prompt_tokens=reused,
-            alternatives=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in others],
+            alternatives=texts[1:],
             seeded_tokens=seeded,
+            copied=rival is not None,
         )
+
+    @torch.no_grad()
+    def _likelihoods(
+        self, cache: DynamicCache, prompt_length: int, texts: list[str], canvas_length: int
+    ) -> list[float] | None:
+        """log p(text, EOS) as a canvas after the prompt, for each text (-inf where one does not fit).
+
+        A pseudo-likelihood in one batched forward pass: each text is laid on two canvases, one
+        with its even positions masked, one with its odd ones, the rest of the canvas masked, so
+        every token (and the EOS that ends the text) is predicted once from its neighbours on both
+        sides, as the denoiser was trained to. Summed, not averaged: a text pays for every token
+        it claims, and a short guess is not preferred for being short. Text ends are stripped of
+        whitespace, as training middles end (a line without its line break). ``None`` when there
+        is nothing to compare: the first text (the model's) spans canvases, or the cache cannot be
+        cut back to the prompt (sliding layers past their window).
+        """
+        mask_id = self.model.mask_token_id
+        rows: list[list[int]] = []  # (2 * texts, canvas)
+        fitting: list[list[int]] = []  # per text: its tokens and EOS, [] if they overflow the canvas
+        for text in texts:
+            ids = [*encode_text(self.tokenizer, text.rstrip()), self.eos_id]
+            fitting.append(ids if len(ids) <= canvas_length else [])
+            for parity in (0, 1):
+                rows.append(
+                    [
+                        mask_id if i % 2 == parity or i >= len(fitting[-1]) else fitting[-1][i]
+                        for i in range(canvas_length)
+                    ]
+                )
+        if not fitting[0]:
+            return None
+        prompt_cache = copy.deepcopy(cache)
+        try:
+            prompt_cache.crop(min(0, prompt_length - prompt_cache.get_seq_length()))
+        except (RuntimeError, ValueError):
+            return None
+        prompt_cache.batch_select_indices(torch.tensor([0]))  # a candidates batch: all rows share the prompt
+        prompt_cache.batch_repeat_interleave(len(rows))
+        canvas = torch.tensor(rows, device=self.loaded.device)
+        positions = prompt_length + torch.arange(canvas_length, device=canvas.device)
+        logits = self.model(
+            cache=prompt_cache, decoder_input_ids=canvas, decoder_position_ids=positions.expand(len(rows), -1)
+        ).logits  # (2 * texts, canvas, vocab)
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        scores = []
+        for n, ids in enumerate(fitting):
+            picked = [float(log_p[2 * n + i % 2, i, token]) for i, token in enumerate(ids)]
+            scores.append(sum(picked) if ids else -math.inf)
+        return scores
 
     def warm_up(self) -> None:
         """One tiny request, so the first real one does not pay torch's lazy initialization (~seconds)."""

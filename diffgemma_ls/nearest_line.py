@@ -1,10 +1,15 @@
-"""The floor a model must beat: copy the nearest line of the file that matches what is typed.
+"""Copy the nearest line of the file that matches what is typed: the bench's floor, the model's rival.
 
 Code repeats itself (``self.x = x`` under ``self.y = y``, the same ``return`` in two branches), so
 a completion that only copies is a real, free baseline. The typed part of the cursor line (after
 its indentation) must be a prefix of the copied line; the nearest such line wins (the line above
 on a tie), and what follows the typed part is the completion. It is always one line: for block
 tasks it is a deliberately weak floor.
+
+The bench scores it on whole files as the floor a model must beat. The server offers it, on the
+context window the model sees, as a rival to the model's own answer, and the model picks between
+them by likelihood (``Engine.infill``'s ``rivals``): a small model copies poorly, but it can tell
+when a line that is already in the file fits better than what it wrote.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ def nearest_line_completion(prefix: str, suffix: str) -> str:
     after = suffix.splitlines()
     below = after[1:] if after else []
     stem = typed.lstrip(" \t")
-    candidates: list[tuple[int, str]] = [(i, line) for i, line in enumerate(reversed(above), start=1)]
-    candidates += [(i, line) for i, line in enumerate(below, start=1)]
-    for _, line in sorted(candidates, key=lambda c: c[0]):  # stable: above before below on a tie
-        content = line.lstrip(" \t")
-        if content.strip() and content.startswith(stem) and len(content) > len(stem):
-            # at column 0 nothing is indented yet: the copy brings its own indentation
-            return line.rstrip() if not typed else content[len(stem) :].rstrip()
+    for distance in range(1, max(len(above), len(below)) + 1):  # above before below on a tie
+        for lines, index in ((above, -distance), (below, distance - 1)):
+            if distance > len(lines):
+                continue
+            line = lines[index]
+            content = line.lstrip(" \t")
+            if content.strip() and content.startswith(stem) and len(content) > len(stem):
+                # at column 0 nothing is indented yet: the copy brings its own indentation
+                return line.rstrip() if not typed else content[len(stem) :].rstrip()
     return ""
 
 
