@@ -372,7 +372,7 @@ def test_a_rival_equal_to_the_answer_keeps_the_answer(engine: Engine) -> None:
     options = DecodeOptions(canvas_length=16, max_steps=4)
     own = engine.infill(PREFIX, SUFFIX, options)
     result = engine.infill(PREFIX, SUFFIX, options, rivals=[own.text])
-    assert (result.text, result.copied) == (own.text, False)
+    assert (result.text, result.copied, result.forward_passes) == (own.text, False, own.forward_passes)
 
 
 def test_an_answer_spanning_canvases_has_no_rival(constant_engine: Engine) -> None:

@@ -298,6 +298,7 @@ class Engine:
             rival = None
             # a mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask)
             scores = None
+            rivals = [r for r in rivals if r.rstrip() != texts[0].rstrip()]  # the model wrote it: no contest
             if rivals and not budget_exhausted and self.model.mask_token_id is not None:
                 scores = self._likelihoods(cache, len(prompt), [texts[0], *rivals], options.canvas_length)
             if scores is not None:
