@@ -114,8 +114,9 @@ def plan(
     ``candidates`` > 1 decodes alternatives in the same batched run (the server asks for them on an
     explicit request). Without ``steps``, an as-you-type request (not ``invoked``) gets
     ``settings.typing_max_steps`` passes per canvas and an explicit one ``settings.max_steps``.
-    With ``copy_rival``, the nearest matching line of the context (``nearest_line``) competes
-    with the model's answer; the bench turns it off to measure the model alone.
+    With ``copy_rival``, an explicit request's answer competes with the nearest matching line of
+    the document (``nearest_line``); the bench turns it off to measure the model alone. As you
+    type it is off: its scoring pass costs the keystroke budget (README, "Keystroke replay").
     """
     started = time.perf_counter()
     tokenizer = engine.tokenizer
@@ -136,7 +137,9 @@ def plan(
     options = decode_options(context.mode, settings, decode, steps, entropy_bound, candidates)
     # the whole document, not only the model's window: a copy needs no context budget
     # one rival: the nearest line measured best (three nearest distinct lines: 25.2% against 26.5%)
-    copied = nearest_line_completion(text[:offset] + context.lead, text[offset:]) if copy_rival else ""
+    copied = (
+        nearest_line_completion(text[:offset] + context.lead, text[offset:]) if copy_rival and invoked else ""
+    )
     rivals = (copied,) if copied else ()
     return CompletionRequest(context, options, (time.perf_counter() - started) * 1000, rivals)
 

@@ -393,4 +393,6 @@ def test_line_and_block_requests_have_the_nearest_line_as_rival(engine: Engine) 
     assert request is not None and request.rivals == ("x = x",)
     off = plan(text, at, "python", Settings(), engine, invoked=True, copy_rival=False)
     assert off is not None and off.rivals == ()
+    typing = plan(text, at, "python", Settings(), engine)  # as you type: no pass to spare
+    assert typing is not None and typing.rivals == ()
     assert plan_fill(text, at, at, "python", Settings(), engine).rivals == ()  # a body, not a line
