@@ -6,10 +6,10 @@ its indentation) must be a prefix of the copied line; the nearest such line wins
 on a tie), and what follows the typed part is the completion. It is always one line: for block
 tasks it is a deliberately weak floor.
 
-The bench scores it on whole files as the floor a model must beat. The server offers it, on the
-context window the model sees, as a rival to the model's own answer, and the model picks between
-them by likelihood (``Engine.infill``'s ``rivals``): a small model copies poorly, but it can tell
-when a line that is already in the file fits better than what it wrote.
+The bench scores it on whole files as the floor a model must beat. On an explicit request the
+server offers it, from the whole document, as a rival to the model's own answer, and the model
+picks between them by likelihood (``Engine.infill``'s ``rivals``): a small model copies poorly,
+but it can tell when a line that is already in the file fits better than what it wrote.
 """
 
 from __future__ import annotations

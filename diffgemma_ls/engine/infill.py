@@ -295,10 +295,9 @@ class Engine:
             middle, *others = (self._cut_at_end(row) for row in generated)
             generated = generated[0]
             texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in [middle, *others]]
-            rival = None
-            # a mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask)
-            scores = None
+            rival, scores = None, None
             rivals = [r for r in rivals if r.rstrip() != texts[0].rstrip()]  # the model wrote it: no contest
+            # a mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask)
             if rivals and not budget_exhausted and self.model.mask_token_id is not None:
                 scores = self._likelihoods(cache, len(prompt), [texts[0], *rivals], options.canvas_length)
             if scores is not None:
