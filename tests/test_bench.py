@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from diffgemma_ls.bench import runner
-from diffgemma_ls.bench.metrics import Scorer, edit_similarity, normalize, parses
+from diffgemma_ls.bench.metrics import Scorer, edit_similarity, normalize, paired_difference, parses
 from diffgemma_ls.bench.report import COLUMNS, FILES
 from diffgemma_ls.bench.sandbox import Limits, network_isolation, run_python
 from diffgemma_ls.bench.tasks import SUITES, heldout_files, humaneval_tasks, load_tasks
@@ -100,6 +100,21 @@ def test_parses_is_what_the_language_accepts(document: str, language: str, expec
     assert parses(document, language) is expected
 
 
+def test_paired_difference_bounds_the_mean_of_per_task_differences() -> None:
+    assert paired_difference([0.5, 0.2, 0.9], [0.5, 0.2, 0.9]) == (0.0, 0.0, 0.0)
+    assert paired_difference([0.6, 0.3, 1.0], [0.5, 0.2, 0.9]) == pytest.approx((0.1, 0.1, 0.1))  # a shift
+    # one task in ten gains a full point: the mean is +0.1, and a resample can miss that task
+    ours, theirs = [1.0] + [0.0] * 9, [0.0] * 10
+    delta, low, high = paired_difference(ours, theirs)
+    assert delta == pytest.approx(0.1) and low == 0.0 and 0.2 <= high <= 0.4
+    assert paired_difference(ours, theirs) == (delta, low, high)  # seeded
+    # a large sample with a small, consistent gain: the interval excludes zero
+    delta, low, high = paired_difference([0.52 + 0.01 * (i % 3) for i in range(300)], [0.5] * 300)
+    assert 0 < low < delta < high
+    with pytest.raises(ValueError):
+        paired_difference([0.1], [0.1, 0.2])
+
+
 def test_baseline_copies_the_nearest_matching_line() -> None:
     prefix = "class P:\n    def __init__(self, x, y):\n        self.x = x\n        self."
     assert nearest_line_completion(prefix, "\n") == "x = x"
@@ -137,6 +152,7 @@ def test_bench_end_to_end_writes_table_json_csv_png(
     for _, header, _ in COLUMNS:
         assert header in printed
     assert "adaptive / sequential [none]" in printed
+    assert "adaptive - nearest-line [none]" in printed and "95% paired bootstrap" in printed
     assert all((out / name).stat().st_size > 0 for name in FILES)
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -150,6 +166,8 @@ def test_bench_end_to_end_writes_table_json_csv_png(
     fixed, sequential = result["rows"][1], result["rows"][2]
     assert fixed["forward_passes"] < sequential["forward_passes"]  # 16 steps a canvas against 32
     assert result["ratios"][0]["passes_ratio"] > 0
+    assert [r["decode"] for r in result["vs_baseline"]] == decodes[:-1]  # every decoding, against the floor
+    assert all(r["low"] <= r["delta"] <= r["high"] for r in result["vs_baseline"])
     assert result["lsp"]["requests"] == 1 and result["lsp"]["stages"]["client total"]["p50_ms"] > 0
 
     with open(out / "results.csv", newline="") as fh:

@@ -3,12 +3,14 @@
 A completion is judged in the document it produces, as the editor would apply it: inserted at the
 cursor, replacing the ``replace_end`` characters after it (closing brackets it re-typed). So the
 reference for the text is ``target + suffix[:replace_end]``, and the document is
-``prefix + text + suffix[replace_end:]``.
+``prefix + text + suffix[replace_end:]``. ``paired_difference`` compares two decodings task by task.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from statistics import fmean
 
 from diffgemma_ls.bench.sandbox import Limits, SandboxResult, run_python
 from diffgemma_ls.bench.tasks import Task
@@ -42,6 +44,24 @@ def edit_similarity(prediction: str, reference: str) -> float:
     if not a and not b:
         return 1.0
     return 1.0 - levenshtein(a, b) / max(len(a), len(b))
+
+
+def paired_difference(
+    ours: list[float], theirs: list[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``ours - theirs`` over the same tasks, with a 95% paired-bootstrap interval.
+
+    Whether a decoding beats the nearest-line floor "clearly" is a question about the spread of
+    per-task differences, not about two means: tasks are resampled with replacement, the same
+    draw for both sides, and the 2.5th / 97.5th percentiles of the resampled means are the bounds.
+    Seeded, so a rerun prints the same interval.
+    """
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError("paired_difference needs two equally long, non-empty lists")
+    deltas = [a - b for a, b in zip(ours, theirs, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(fmean(rng.choices(deltas, k=len(deltas))) for _ in range(resamples))
+    return fmean(deltas), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def apply_completion(task: Task, text: str, replace_end: int = 0) -> str:

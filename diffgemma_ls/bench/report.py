@@ -88,6 +88,14 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def floor_lines(result: dict[str, Any]) -> list[str]:
+    return [
+        f"{r['decode']} - nearest-line [{r['quantize']}]: {100 * r['delta']:+.1f} points of edit similarity "
+        f"(95% paired bootstrap {100 * r['low']:+.1f} to {100 * r['high']:+.1f})"
+        for r in result.get("vs_baseline", [])
+    ]
+
+
 def lsp_rows(lsp: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"stage": stage, **stats} for stage, stats in lsp["stages"].items()]
 
@@ -101,6 +109,7 @@ def summary(result: dict[str, Any]) -> str:
         + f", fill candidates {meta['fill_candidates']}",
         text_table(result["rows"]),
         *ratio_lines(result),
+        *floor_lines(result),
     ]
     if "lsp" in result:
         lsp = result["lsp"]
@@ -118,7 +127,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# diffgemma-ls bench",
         "\n".join(f"- {key}: {value}" for key, value in meta.items()),
         "## Quality and cost per decoding mode\n\n" + markdown_table(result["rows"]),
-        "\n".join(f"- {line}" for line in ratio_lines(result)),
+        "\n".join(f"- {line}" for line in [*ratio_lines(result), *floor_lines(result)]),
         "## Per suite\n\n" + markdown_table(result["suite_rows"], SUITE_COLUMNS),
     ]
     if "lsp" in result:

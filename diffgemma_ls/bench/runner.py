@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-from diffgemma_ls.bench.metrics import Scorer
+from diffgemma_ls.bench.metrics import Scorer, paired_difference
 from diffgemma_ls.bench.sandbox import Limits, network_isolation
 from diffgemma_ls.bench.tasks import Task, load_tasks
 from diffgemma_ls.bench.worker import DecodeConfig
@@ -238,6 +238,7 @@ def run_bench_plan(plan: BenchPlan, progress: Progress) -> dict[str, Any]:
         "rows": rows,
         "suite_rows": suite_rows,
         "ratios": _ratios(rows),
+        "vs_baseline": _vs_baseline(*next(iter(scored.items())), baseline),
         "completions": {
             q: [
                 {k: r[k] for k in ("config", "task_id", "text", "exact", "passed")}
@@ -261,6 +262,19 @@ def _suite_rows(quantize: str, config: str, records: list[dict[str, Any]]) -> li
     for record in records:
         suites.setdefault(record["suite"], []).append(record)
     return [{"quantize": quantize, "decode": config, "suite": s, **_quality(rs)} for s, rs in suites.items()]
+
+
+def _vs_baseline(
+    quantize: str, groups: dict[str, list[dict[str, Any]]], baseline: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each decoding of the first quantization against the nearest-line floor, task by task."""
+    floor = {r["task_id"]: r["edit_similarity"] for r in baseline}
+    out = []
+    for config, records in groups.items():
+        ours = [r["edit_similarity"] for r in records]
+        delta, low, high = paired_difference(ours, [floor[r["task_id"]] for r in records])
+        out.append({"quantize": quantize, "decode": config, "delta": delta, "low": low, "high": high})
+    return out
 
 
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
