@@ -32,6 +32,7 @@ from diffgemma_ls.engine.sampling import (
     DecodeMode,
     DistinctStarts,
     LineStop,
+    StartsWith,
 )
 from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
 from diffgemma_ls.prompt import build_prompt, encode_text
@@ -53,7 +54,8 @@ class DecodeOptions:
     ``sequential`` takes one pass per token. ``max_canvases`` > 1 continues block-autoregressively.
     ``candidates`` > 1 denoises that many alternatives as one batch (``InfillResult.alternatives``).
     ``first_line_only`` (line mode) ends a canvas once its first line is decoded (``LineStop``;
-    with ``CodeSampler`` only: transformers' own sampler keeps its own stop).
+    with ``CodeSampler`` only: transformers' own sampler keeps its own stop). ``heal``: a cursor
+    inside a word has the prompt's last token rewritten by the canvas (``Engine._heal_piece``).
     """
 
     mode: DecodeMode = "adaptive"
@@ -63,6 +65,7 @@ class DecodeOptions:
     entropy_bound: float | None = None
     candidates: int = 1
     first_line_only: bool = False
+    heal: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:
@@ -179,7 +182,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self._lock = threading.Lock()
         self._views: dict[int, CodeDiffusionGemma] = {}
-        self._newline_texts: dict[int, str] | None = None  # built on the first line-mode request
+        self._pieces: list[str] | None = None  # each token's text, built on first use
         self._encoder_timer = _EncoderTimer(self.model.model.encoder)
         gen = self.model.generation_config
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
@@ -192,11 +195,28 @@ class Engine:
 
     def _line_stop(self, prefix: str) -> LineStop:
         """The first-line rule for a cursor after ``prefix`` (see ``postprocess.single_line``)."""
-        if self._newline_texts is None:
-            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            self._newline_texts = {i: text for i, text in enumerate(texts) if "\n" in text}
+        newline_texts = {i: text for i, text in enumerate(self._token_texts()) if "\n" in text}
         blank_line = not prefix.rpartition("\n")[2].strip()
-        return LineStop(self._newline_texts, skip_blank_start=blank_line)
+        return LineStop(newline_texts, skip_blank_start=blank_line)
+
+    def _token_texts(self) -> list[str]:
+        if self._pieces is None:
+            self._pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return self._pieces
+
+    def _heal_piece(self, prefix: str, suffix: str) -> str:
+        """The prefix's last token, when the cursor is inside a word ('' otherwise): see ``StartsWith``.
+
+        Inside a word means a word character before the cursor and none after it (a cursor in the
+        middle of an identifier is an edit, not a completion). The line alone is tokenized: the
+        byte-level pre-tokenizer splits at the line break, so its last token is the prompt's.
+        """
+        word = lambda c: c.isalnum() or c == "_"  # noqa: E731
+        if not prefix or not word(prefix[-1]) or (suffix and word(suffix[0])):
+            return ""
+        ids = encode_text(self.tokenizer, prefix.rpartition("\n")[2])
+        piece = self.tokenizer.decode(ids[-1:]) if ids else ""
+        return piece if piece.strip() and prefix.endswith(piece) else ""
 
     def _view(self, canvas_length: int) -> CodeDiffusionGemma:
         """The model with ``config.canvas_length`` set for this request, sharing every weight."""
@@ -230,6 +250,8 @@ class Engine:
         which case that rival is the text and the denoised middle the first alternative.
         """
         options = options or DecodeOptions()
+        piece = self._heal_piece(prefix, suffix) if options.heal else ""
+        prefix = prefix[: len(prefix) - len(piece)]  # the canvas writes the piece again, whole
         prompt = build_prompt(self.tokenizer, prefix, suffix).ids
         monitor = _StepMonitor(deadline, cancelled)
         bound = float(options.entropy_bound or self.default_entropy_bound)
@@ -248,11 +270,20 @@ class Engine:
             if options.candidates > 1:
                 cache_key = None  # a batch's cache is not the document's batch-1 cache
             cache, reused = self._take_prompt_cache(cache_key, prompt)
-            seed = self._take_seed(cache_key, prefix, suffix)
+            drafts_key = (
+                None if piece else cache_key
+            )  # a healed canvas starts before the cursor: no warm start
+            seed = self._take_seed(drafts_key, prefix, suffix)
             seeded = 0 if seed is None else seed.committed_within(options.canvas_length)
             rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
             input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
             processors = LogitsProcessorList()
+            if piece:
+                special = set(self.tokenizer.all_special_ids)
+                allowed = [
+                    i for i, t in enumerate(self._token_texts()) if t.startswith(piece) and i not in special
+                ]
+                processors.append(StartsWith(allowed, active=lambda: not monitor.finished_canvases))
             if options.candidates > 1:
                 processors.append(DistinctStarts([*self.end_ids, *self.tokenizer.all_special_ids]))
             start = {}
@@ -275,7 +306,7 @@ class Engine:
                 budget_exhausted = True
             finally:
                 self._keep_prompt_cache(cache_key, prompt, cache)
-                self._keep_draft(cache_key, prefix, suffix, monitor, view)
+                self._keep_draft(drafts_key, prefix, suffix, monitor, view)
                 self.totals.update(
                     modelCalls=1,
                     forwardPasses=monitor.forward_passes,
@@ -295,12 +326,17 @@ class Engine:
                 ]
             rows = [self._cut_at_end(row) for row in generated]
             generated = generated[0]
-            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows]
+            # from the cursor on: a healed row starts with the piece the editor already has
+            texts = [
+                text[len(piece) :] if text.startswith(piece) else ""
+                for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+            ]
             copied = False
             rivals = [r for r in dict.fromkeys(rivals) if r.strip() and r.rstrip() != texts[0].rstrip()]
             # a mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask)
             if rivals and not budget_exhausted and self.model.mask_token_id is not None:
-                scores = self._likelihoods(cache, len(prompt), [texts[0], *rivals], options.canvas_length)
+                contenders = [piece + text for text in [texts[0], *rivals]]
+                scores = self._likelihoods(cache, len(prompt), contenders, options.canvas_length)
                 if scores is not None:
                     monitor.forward_passes += 1
                     self.totals["forwardPasses"] += 1

@@ -21,14 +21,15 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
   everything after it is PAD and committed, so the request ends without decoding text that
   post-processing would cut off anyway.
 
-``DistinctStarts`` is a logits processor for batched candidates (rows = alternatives for one prompt).
+``DistinctStarts`` is a logits processor for batched candidates (rows = alternatives for one prompt);
+``StartsWith`` one for token healing (the canvas's first token rewrites the prompt's cut-off last one).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -259,6 +260,32 @@ class DistinctStarts:
         logits = logits.clone()
         logits[rows, 0] = torch.finfo(logits.dtype).min
         logits[rows, 0, chosen] = 0.0
+        return logits
+
+
+class StartsWith:
+    """Keeps the first canvas position to tokens whose text starts with ``piece`` (token healing).
+
+    A cursor inside a word (``assert_e|``) ends the prompt in a token cut off mid-word, which the
+    model has rarely seen continued (``e`` + ``qual``): it wrote ``l(res) == res. res)`` where the
+    file had ``assert_equal(`` two lines up. The engine drops that last token from the prompt and
+    lets the canvas write it again, whole (``equal``), under this constraint. It holds while
+    ``active()`` (the first canvas is open): later canvases of a block are free. It comes before
+    ``DistinctStarts``, so batched alternatives differ among the allowed tokens.
+    """
+
+    def __init__(self, allowed_ids: Sequence[int], active: Callable[[], bool]):
+        self.allowed_ids = torch.tensor(sorted(set(allowed_ids)))
+        self.active = active
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, cur_step: int) -> torch.Tensor:
+        if not self.active():
+            return scores
+        logits = scores.clone()  # (batch, canvas, vocab)
+        allowed = self.allowed_ids.to(logits.device)
+        kept = logits[:, 0, allowed]
+        logits[:, 0] = torch.finfo(logits.dtype).min
+        logits[:, 0, allowed] = kept
         return logits
 
 
