@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffgemma_ls.completion import plan
+from diffgemma_ls.completion import plan, plan_fill
 from diffgemma_ls.config import Settings
 from diffgemma_ls.engine.infill import DecodeOptions, Engine
 from diffgemma_ls.engine.loader import load_model
@@ -78,10 +78,11 @@ def test_a_healed_request_leaves_no_canvas_to_warm_start_from(engine: Engine) ->
     engine.forget("plain")
 
 
-def test_only_explicit_requests_heal(engine: Engine) -> None:
-    """As you type, every key lands inside a word; healing would cost the warm start there."""
+def test_every_request_heals(engine: Engine) -> None:
+    """As you type too, unless a warm start applies (``tests/test_server.py``: it takes precedence)."""
     text = PREFIX + "\n"
     asked = plan(text, len(PREFIX), "python", Settings(), engine, invoked=True)
     typing = plan(text, len(PREFIX), "python", Settings(), engine)
     assert asked is not None and typing is not None
-    assert (asked.options.heal, typing.options.heal) == (True, False)
+    assert asked.options.heal and typing.options.heal
+    assert plan_fill(text, len(PREFIX), len(PREFIX), "python", Settings(), engine).options.heal

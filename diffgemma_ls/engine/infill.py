@@ -193,6 +193,15 @@ class Engine:
         sampler_config = getattr(gen, "sampler_config", None)
         self.default_entropy_bound = sampler_config.entropy_bound if sampler_config is not None else 0.1
 
+    def _sampler_config(
+        self, options: DecodeOptions, prefix: str
+    ) -> EntropyBoundSamplerConfig | CodeSamplerConfig:
+        bound = float(options.entropy_bound or self.default_entropy_bound)
+        if options.mode == "adaptive" and self.model.noise_kind == "uniform":
+            return EntropyBoundSamplerConfig(entropy_bound=bound)  # the real model's own sampler
+        line_stop = self._line_stop(prefix) if options.first_line_only else None
+        return CodeSamplerConfig(entropy_bound=bound, mode=options.mode, line_stop=line_stop)
+
     def _line_stop(self, prefix: str) -> LineStop:
         """The first-line rule for a cursor after ``prefix`` (see ``postprocess.single_line``)."""
         newline_texts = {i: text for i, text in enumerate(self._token_texts()) if "\n" in text}
@@ -250,39 +259,33 @@ class Engine:
         which case that rival is the text and the denoised middle the first alternative.
         """
         options = options or DecodeOptions()
-        piece = self._heal_piece(prefix, suffix) if options.heal else ""
-        prefix = prefix[: len(prefix) - len(piece)]  # the canvas writes the piece again, whole
-        prompt = build_prompt(self.tokenizer, prefix, suffix).ids
         monitor = _StepMonitor(deadline, cancelled)
-        bound = float(options.entropy_bound or self.default_entropy_bound)
-        if options.mode == "adaptive" and self.model.noise_kind == "uniform":
-            sampler_config = EntropyBoundSamplerConfig(entropy_bound=bound)  # the real model's own sampler
-        else:
-            line_stop = self._line_stop(prefix) if options.first_line_only else None
-            sampler_config = CodeSamplerConfig(entropy_bound=bound, mode=options.mode, line_stop=line_stop)
         steps = options.canvas_length if options.mode == "sequential" else options.max_steps
         with self._lock:
             if cancelled is not None and cancelled():
                 raise Cancelled
             started = time.perf_counter()
             self._encoder_timer.total = 0.0
-            torch.manual_seed(zlib.crc32(str(prompt).encode()))
             if options.candidates > 1:
                 cache_key = None  # a batch's cache is not the document's batch-1 cache
+            seed = self._take_seed(cache_key, prefix, suffix)
+            # a warm start already holds the model's own tokens from the cursor on: no healing then;
+            # otherwise the canvas writes the piece again, whole, and starts before the cursor
+            piece = self._heal_piece(prefix, suffix) if options.heal and seed is None else ""
+            prefix = prefix[: len(prefix) - len(piece)]
+            drafts_key = None if piece else cache_key  # a healed canvas cannot seed the next request
+            prompt = build_prompt(self.tokenizer, prefix, suffix).ids
+            sampler_config = self._sampler_config(options, prefix)
+            torch.manual_seed(zlib.crc32(str(prompt).encode()))
             cache, reused = self._take_prompt_cache(cache_key, prompt)
-            drafts_key = (
-                None if piece else cache_key
-            )  # a healed canvas starts before the cursor: no warm start
-            seed = self._take_seed(drafts_key, prefix, suffix)
             seeded = 0 if seed is None else seed.committed_within(options.canvas_length)
             rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
             input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
             processors = LogitsProcessorList()
             if piece:
                 special = set(self.tokenizer.all_special_ids)
-                allowed = [
-                    i for i, t in enumerate(self._token_texts()) if t.startswith(piece) and i not in special
-                ]
+                texts = self._token_texts()
+                allowed = [i for i, t in enumerate(texts) if t.startswith(piece) and i not in special]
                 processors.append(StartsWith(allowed, active=lambda: not monitor.finished_canvases))
             if options.candidates > 1:
                 processors.append(DistinctStarts([*self.end_ids, *self.tokenizer.all_special_ids]))
