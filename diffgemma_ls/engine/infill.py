@@ -183,6 +183,7 @@ class Engine:
         self._lock = threading.Lock()
         self._views: dict[int, CodeDiffusionGemma] = {}
         self._pieces: list[str] | None = None  # each token's text, built on first use
+        self._newline_texts: dict[int, str] | None = None  # the pieces holding a line break
         self._encoder_timer = _EncoderTimer(self.model.model.encoder)
         gen = self.model.generation_config
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
@@ -204,9 +205,10 @@ class Engine:
 
     def _line_stop(self, prefix: str) -> LineStop:
         """The first-line rule for a cursor after ``prefix`` (see ``postprocess.single_line``)."""
-        newline_texts = {i: text for i, text in enumerate(self._token_texts()) if "\n" in text}
+        if self._newline_texts is None:
+            self._newline_texts = {i: text for i, text in enumerate(self._token_texts()) if "\n" in text}
         blank_line = not prefix.rpartition("\n")[2].strip()
-        return LineStop(newline_texts, skip_blank_start=blank_line)
+        return LineStop(self._newline_texts, skip_blank_start=blank_line)
 
     def _token_texts(self) -> list[str]:
         if self._pieces is None:
