@@ -22,6 +22,7 @@ from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
 from diffgemma_ls.config import MAX_CANDIDATES, Settings, default_threads, settings_from_cli, validate_setting
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
 from diffgemma_ls.fill import fill_target, trim_selection
+from diffgemma_ls.prompt import PROMPT_FORMATS
 
 if TYPE_CHECKING:
     from diffgemma_ls.completion import Outcome
@@ -52,6 +53,11 @@ def _model_flags() -> argparse.ArgumentParser:
         help="weight quantization (default: auto = 4bit on CUDA, none elsewhere)",
     )
     group.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
+    group.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMATS,
+        help="auto (default): fim where the tokenizer has FIM tokens, else chat (the real -it model)",
+    )
     group.add_argument(
         "--threads", type=int, help=f"CPU threads for the model (default: {default_threads()})"
     )
@@ -107,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--typing-max-steps",
         type=_typing_max_steps,
-        help="cap on forward passes per canvas for as-you-type requests "
-        f"(default: {Settings().typing_max_steps}; explicit ones: {Settings().max_steps})",
+        help="cap on forward passes per canvas for as-you-type requests (default: from the checkpoint: "
+        "3 for the shipped model, whose explicit requests get 16; a uniform-noise model's own cap)",
     )
     parser.add_argument(
         "--no-warm-start",
@@ -185,6 +191,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         model=args.model,
         quantize=args.quantize,
         device=args.device,
+        prompt_format=args.prompt_format,
         threads=args.threads,
         allow_download=args.allow_download,
         trust_remote_code=args.trust_remote_code,
@@ -418,12 +425,14 @@ def _offset_of(text: str, line: int, col: int) -> int | None:
 
 def info(args: argparse.Namespace) -> int:
     from diffgemma_ls.engine.quantize import describe_model
+    from diffgemma_ls.languages import served_languages
 
     engine = _load_engine(args)
     if engine is None:
         return EXIT_MODEL
     loaded, report = engine.loaded, describe_model(engine.model)
-    config = loaded.model.config
+    code_languages = getattr(loaded.model.config, "code_languages", None)
+    settings, defaults = _settings(args), engine.defaults
     data = {
         "model": loaded.name,
         "path": loaded.path,
@@ -432,8 +441,12 @@ def info(args: argparse.Namespace) -> int:
         "quantization": loaded.quantization,
         "noise_kind": loaded.model.noise_kind,
         "sampler": "CodeSampler" if loaded.model.noise_kind == "mask" else "EntropyBoundSampler",
-        "canvas_length": config.canvas_length,
-        "languages": list(getattr(config, "code_languages", None) or []),
+        "prompt_format": engine.layout.format,
+        "canvas_length": settings.canvas_length or defaults.canvas_length,
+        "max_steps": settings.max_steps or defaults.max_steps,
+        "typing_max_steps": settings.typing_max_steps or defaults.typing_max_steps,
+        "languages": list(served_languages(code_languages)),
+        "languages_from": "checkpoint" if code_languages else "installed grammars (a general model)",
         **report.to_dict(),
     }
     if args.json:

@@ -10,13 +10,14 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
 
 import torch
 
 from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
-from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult
-from diffgemma_ls.engine.loader import load_model
+from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult, ServingDefaults
+from diffgemma_ls.engine.loader import ModelLoadError, load_model
 from diffgemma_ls.fill import breaks_syntax, has_code
 from diffgemma_ls.nearest_line import nearest_line_completion
 from diffgemma_ls.postprocess import Completion, postprocess
@@ -34,6 +35,8 @@ class CompletionRequest:
     options: DecodeOptions
     context_ms: float
     rivals: tuple[str, ...] = ()  # middles the model's answer competes with (``Engine.infill``)
+    language: str = ""  # the client's language id and the file's path: a chat prompt names them
+    path: str = ""
 
 
 @dataclass
@@ -70,23 +73,35 @@ def load_engine(settings: Settings) -> Engine:
         allow_download=settings.allow_download,
         trust_remote_code=settings.trust_remote_code,
     )
-    return Engine(loaded, prompt_caches=settings.prompt_caches, warm_start=settings.warm_start)
+    try:
+        return Engine(
+            loaded,
+            prompt_caches=settings.prompt_caches,
+            warm_start=settings.warm_start,
+            prompt_format=settings.prompt_format,
+        )
+    except ValueError as exc:  # a prompt format the tokenizer cannot do
+        raise ModelLoadError(str(exc)) from exc
 
 
 def decode_options(
     mode: str,
     settings: Settings,
+    defaults: ServingDefaults,
     decode: str = "adaptive",
     steps: int | None = None,
     entropy_bound: float | None = None,
     candidates: int = 1,
 ) -> DecodeOptions:
-    """One canvas for a line; several block-autoregressive canvases for a block; token healing on."""
+    """One canvas for a line; several block-autoregressive canvases for a block; token healing on.
+
+    What the settings leave unset comes from the checkpoint (``defaults``).
+    """
     return DecodeOptions(
         mode=decode,
-        canvas_length=settings.canvas_length,
+        canvas_length=settings.canvas_length or defaults.canvas_length,
         max_canvases=BLOCK_CANVASES if mode == "block" else 1,
-        max_steps=steps or settings.max_steps,
+        max_steps=steps or settings.max_steps or defaults.max_steps,
         entropy_bound=entropy_bound,
         candidates=candidates,
         first_line_only=mode == "line",
@@ -134,15 +149,27 @@ def plan(
         if not invoked:
             return None
         context = dataclasses.replace(context, mode="line")
-    steps = steps or (settings.max_steps if invoked else settings.typing_max_steps)
-    options = decode_options(context.mode, settings, decode, steps, entropy_bound, candidates)
+    defaults = engine.defaults
+    if invoked:
+        steps = steps or settings.max_steps or defaults.max_steps
+    else:
+        steps = steps or settings.typing_max_steps or defaults.typing_max_steps
+    options = decode_options(context.mode, settings, defaults, decode, steps, entropy_bound, candidates)
     # the whole document, not only the model's window: a copy needs no context budget
     # one rival: the nearest line measured best (three nearest distinct lines: 25.2% against 26.5%)
     copied = (
         nearest_line_completion(text[:offset] + context.lead, text[offset:]) if copy_rival and invoked else ""
     )
     rivals = (copied,) if copied else ()
-    return CompletionRequest(context, options, (time.perf_counter() - started) * 1000, rivals)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return CompletionRequest(context, options, elapsed_ms, rivals, language_id, _path_of(uri))
+
+
+def _path_of(uri: str) -> str:
+    """The file path a chat prompt names: a ``file:`` URI's path, else the URI as it is."""
+    if uri.startswith("file://"):
+        return unquote(urlparse(uri).path)
+    return uri
 
 
 def plan_fill(
@@ -221,12 +248,15 @@ def run(
         cancelled=cancelled,
         cache_key=cache_key,
         rivals=request.rivals,
+        language=request.language,
+        path=request.path,
     )
     started = time.perf_counter()
-    completion = postprocess(result.text, ctx)
+    chat = engine.layout.format == "chat"
+    completion = postprocess(result.text, ctx, chat=chat)
     alternatives: list[Completion] = []
     for text in result.alternatives:
-        other = postprocess(text, ctx)
+        other = postprocess(text, ctx, chat=chat)
         if other is not None and other != completion and other not in alternatives:
             alternatives.append(other)
     elapsed_ms = (time.perf_counter() - started) * 1000

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
+from diffgemma_ls.prompt import PROMPT_FORMATS
 
 SECTION = "diffgemma"
 
@@ -30,11 +31,12 @@ class Settings:
     model: str | None = None  # None: the shipped default model
     quantize: str = "auto"  # 4bit on CUDA, none elsewhere
     device: str = "auto"
-    canvas_length: int = 32
-    max_steps: int = 16
-    # as-you-type requests: fewer passes, so one finishes between keys (the schedule floor still
-    # decodes the whole canvas); measured in README ("Keystroke replay")
-    typing_max_steps: int = 3
+    prompt_format: str = "auto"  # fim where the tokenizer has FIM tokens, else chat (prompt.py)
+    # None: from the checkpoint (``Engine.defaults``: the shipped model 32 tokens, 16 passes, and 3
+    # as you type, so one finishes between keys; a uniform-noise checkpoint its own canvas and cap)
+    canvas_length: int | None = None
+    max_steps: int | None = None
+    typing_max_steps: int | None = None
     latency_budget_ms: int = 1000
     # an as-you-type request waits this long (ms), and a keystroke meanwhile drops it unrun; "auto":
     # 1.5x the typist's recent interval between keys, at most 250 ms (pace.py)
@@ -52,15 +54,16 @@ class Settings:
     trust_remote_code: bool = False
 
     @property
-    def model_key(self) -> tuple[str | None, str, str]:
-        """Settings whose change means reloading the model."""
-        return (self.model, self.quantize, self.device)
+    def model_key(self) -> tuple[str | None, str, str, str]:
+        """Settings whose change means rebuilding the engine (the prompt format is resolved at load)."""
+        return (self.model, self.quantize, self.device, self.prompt_format)
 
 
 CLIENT_KEYS = {
     "model": "model",
     "quantize": "quantize",
     "device": "device",
+    "promptFormat": "prompt_format",
     "canvasLength": "canvas_length",
     "maxSteps": "max_steps",
     "typingMaxSteps": "typing_max_steps",
@@ -98,6 +101,10 @@ def validate_setting(name: str, value: Any) -> Any:
     if name == "device":
         if value not in DEVICES:
             raise ValueError(f"must be one of {', '.join(DEVICES)}")
+        return value
+    if name == "prompt_format":
+        if value not in PROMPT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(PROMPT_FORMATS)}")
         return value
     if name == "languages":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):

@@ -88,3 +88,11 @@ def get_parser(grammar: str) -> Parser | None:
         language = get_language(grammar)
         parsers[grammar] = Parser(language) if language else None
     return parsers[grammar]
+
+
+def served_languages(code_languages: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """LSP language ids to complete: a code model's own (its config's ``code_languages``), or, for a
+    general model that lists none (the real DiffusionGemma), every id whose grammar is installed."""
+    if code_languages:
+        return tuple(code_languages)
+    return tuple(lid for lid, grammar in _GRAMMAR_BY_LANGUAGE_ID.items() if get_language(grammar) is not None)

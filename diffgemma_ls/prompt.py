@@ -1,18 +1,30 @@
-"""The fill-in-the-middle prompt layout shared by training and serving.
+"""The prompt layouts: how the code around the cursor is put before the canvas, per checkpoint.
 
-Order is suffix-then-prefix ("SPM"): ``<bos><|fim_suffix|>S<|fim_prefix|>P<|fim_middle|>``.
-While a person types at the cursor, the suffix stays put and the prefix only grows at its end,
-so the encoder's cached prompt stays valid up to the cursor and only the new characters (plus
-``<|fim_middle|>``) need prefilling. The canvas the decoder fills is ``middle <eos> <pad>...``.
+A checkpoint's prompt format is a property of its tokenizer (``prompt_layout``):
 
-A tokenizer without the FIM special tokens (e.g. a general chat checkpoint) gets the same layout
-with plain-text markers, so any DiffusionGemma checkpoint can be served, if less well.
+* ``fim``, the tokenizer has FIM tokens (the shipped code model, trained on this layout):
+  suffix-then-prefix ("SPM"), ``<bos><|fim_suffix|>S<|fim_prefix|>P<|fim_middle|>``. The canvas the
+  decoder fills is ``middle <eos> <pad>...``.
+* ``chat``, a chat template and no FIM tokens (``google/diffusiongemma-26B-A4B-it``: Gemma 4's
+  vocabulary has none). DiffusionGemma's ``generate()`` always puts the canvas after the whole
+  prompt and its sampler re-noises anything not accepted, so a hole cannot be left inside the
+  canvas: the suffix goes in the prompt. One user turn, rendered by the checkpoint's own template
+  (thinking off, as transformers' and diffusers' DiffusionGemma examples prompt it), gives the
+  language, the file and the code after, then before, the cursor in fenced blocks, and asks for
+  the missing code only; the model turn is pre-filled with an opening fence and the cursor line's
+  text, so the canvas starts at the cursor (``postprocess.strip_markdown`` removes a closing fence).
+* ``plain``, neither: the SPM layout with plain-text markers, which no model was trained on; the
+  loader warns.
+
+In every layout the suffix comes before the prefix and the prefix ends the part that grows as the
+user types: the encoder's cached prompt stays valid up to the cursor and only the new characters
+(plus a few marker tokens, ``FimPrompt.tail``) need prefilling.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 PAD = "<pad>"
 EOS = "<eos>"
@@ -44,11 +56,23 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 
 _PLAIN_MARKERS = {FIM_SUFFIX: "<SUFFIX>\n", FIM_PREFIX: "\n<PREFIX>\n", FIM_MIDDLE: "\n<MIDDLE>\n"}
 
+PromptFormat = Literal["fim", "chat", "plain"]
+PROMPT_FORMATS = ("auto", "fim", "chat")  # what a user may ask for; "plain" is only ever a fallback
+# Gemma 4 ends a model turn with this token: an end of the canvas's text, like <eos>
+END_OF_TURN = "<turn|>"
+# Stands for the user's message while the chat template is rendered once; no whitespace, since
+# templates trim the content.
+_CONTENT = "\x00diffgemma-ls-content\x00"
+
 
 class TokenizerLike(Protocol):
     """The slice of a Hugging Face tokenizer that prompt building needs."""
 
+    chat_template: str | None
+
     def convert_tokens_to_ids(self, tokens: str) -> int | None: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: object) -> str: ...
 
     def encode(
         self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ...
@@ -108,15 +132,135 @@ def encode_text(tokenizer: TokenizerLike, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
-def build_prompt(tokenizer: TokenizerLike, prefix: str, suffix: str) -> FimPrompt:
-    """Tokenize ``prefix``/``suffix`` into the SPM layout (see module docstring)."""
+@dataclass(frozen=True)
+class PromptLayout:
+    """A checkpoint's prompt format, resolved once at load.
+
+    For ``chat``, ``turn_head`` and ``turn_tail`` are the checkpoint's chat template rendered around
+    one user message (``turn_tail``: the end of that turn and the model's turn, thinking off).
+    """
+
+    format: PromptFormat
+    turn_head: str = ""
+    turn_tail: str = ""
+
+
+def prompt_layout(tokenizer: TokenizerLike, requested: str = "auto") -> PromptLayout:
+    """The layout to prompt with: ``requested`` if the tokenizer supports it (``ValueError`` if not).
+
+    ``auto`` takes ``fim`` where the tokenizer has FIM tokens, else ``chat`` where it has a chat
+    template, else ``plain``.
+    """
+    if requested not in PROMPT_FORMATS:
+        raise ValueError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {requested!r}")
+    has_fim = fim_ids(tokenizer).native
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "fim" and not has_fim:
+        raise ValueError(
+            "promptFormat 'fim': this tokenizer has no <|fim_prefix|>/<|fim_suffix|>/<|fim_middle|>"
+        )
+    if requested == "chat" and not has_chat:
+        raise ValueError("promptFormat 'chat': this tokenizer has no chat template")
+    if requested == "fim" or (requested == "auto" and has_fim):
+        return PromptLayout("fim")
+    if not has_chat:
+        return PromptLayout("plain")
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _CONTENT}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=False,
+    )
+    head, found, tail = rendered.partition(_CONTENT)
+    if not found:
+        raise ValueError("the chat template does not render the user's message as given")
+    return PromptLayout("chat", head, tail)
+
+
+def _fence(code: str) -> str:
+    """A Markdown fence longer than any backtick run in ``code``, so the code cannot close it."""
+    longest, run = 0, 0
+    for char in code:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    return "`" * max(3, longest + 1)
+
+
+def build_prompt(
+    tokenizer: TokenizerLike,
+    prefix: str,
+    suffix: str,
+    layout: PromptLayout | None = None,
+    *,
+    language: str = "",
+    path: str = "",
+) -> FimPrompt:
+    """Tokenize ``prefix``/``suffix`` into ``layout`` (default: the tokenizer's own, see the module doc).
+
+    ``language`` and ``path`` name the file in the chat layout; the FIM layouts do not use them.
+    """
+    layout = layout or prompt_layout(tokenizer)
+    if layout.format == "chat":
+        return _chat_prompt(tokenizer, prefix, suffix, layout, language, path)
     ids = fim_ids(tokenizer)
     enc = lambda text: encode_text(tokenizer, text)  # noqa: E731
     head = [ids.bos] if ids.bos is not None else []
-    if ids.native:
+    if layout.format == "fim":
         head += [ids.suffix, *enc(suffix), ids.prefix]
         tail = [ids.middle]
     else:
         head += enc(_PLAIN_MARKERS[FIM_SUFFIX] + suffix + _PLAIN_MARKERS[FIM_PREFIX])
         tail = enc(_PLAIN_MARKERS[FIM_MIDDLE])
     return FimPrompt(head=head, prefix=enc(prefix), tail=tail)
+
+
+def _chat_prompt(
+    tokenizer: TokenizerLike, prefix: str, suffix: str, layout: PromptLayout, language: str, path: str
+) -> FimPrompt:
+    """One user turn (suffix, then prefix up to the cursor) and a model turn that starts at the cursor.
+
+    Template and instruction text are tokenized with their special tokens; whatever comes from the
+    document or the client (code, path, language id) with ``encode_text``, so a file that spells
+    ``<turn|>`` cannot end the turn.
+    """
+    fence = _fence(prefix + suffix)
+    line = prefix.rpartition("\n")[2]
+    lang = language or "code"
+    where = [_Ours(" of `"), path, _Ours("`")] if path else []
+    head = _encode(
+        tokenizer,
+        [_Ours(layout.turn_head + "Fill in the missing "), lang, _Ours(" code at the cursor"), *where],
+        _Ours(f".\n\nThe code after the cursor:\n{fence}\n"),
+        suffix,
+        _Ours(f"\n{fence}\n\nThe code before the cursor:\n{fence}\n"),
+    )
+    tail = _encode(
+        tokenizer,
+        _Ours(
+            f"\n{fence}\n\nReply with one {fence} block holding only the missing code, from the cursor's "
+            "line on, so that the code before, your code and the code after form the file."
+            + layout.turn_tail
+            + fence
+        ),
+        lang,
+        _Ours("\n"),
+        line,
+    )
+    return FimPrompt(head=head, prefix=encode_text(tokenizer, prefix), tail=tail)
+
+
+class _Ours(str):
+    """Text this module wrote (template, instructions): its special tokens are tokens."""
+
+
+def _encode(tokenizer: TokenizerLike, *parts: str | list[str]) -> list[int]:
+    ids: list[int] = []
+    for part in parts:
+        for text in part if isinstance(part, list) else [part]:
+            if not text:
+                continue
+            if isinstance(text, _Ours):
+                ids += tokenizer.encode(text, add_special_tokens=False)
+            else:
+                ids += encode_text(tokenizer, text)
+    return ids

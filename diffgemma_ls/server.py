@@ -54,6 +54,7 @@ from diffgemma_ls.engine.infill import Cancelled, Engine
 from diffgemma_ls.engine.loader import ModelLoadError
 from diffgemma_ls.engine.quantize import describe_model
 from diffgemma_ls.fill import fill_target, trim_selection
+from diffgemma_ls.languages import served_languages
 from diffgemma_ls.pace import TypingPace
 from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.typeahead import TypeAhead
@@ -324,12 +325,15 @@ class DiffgemmaServer(LanguageServer):
         else:
             if generation == self._load_generation:
                 report = describe_model(engine.model)
-                languages = tuple(getattr(engine.model.config, "code_languages", None) or ())
+                general = not getattr(engine.model.config, "code_languages", None)
+                languages = served_languages(getattr(engine.model.config, "code_languages", None))
                 self.model_state = ModelState(state="ready", model=name, engine=engine, languages=languages)
                 self.typeahead = TypeAhead()  # what the old model showed is no answer of the new one
+                defaults = engine.defaults
                 log.info(
                     "serving %s on %s: %s, quantization %s, %.1f MB resident, "
-                    "%.0f%% of text weights quantized, noise %s",
+                    "%.0f%% of text weights quantized, noise %s, prompt %s, canvas %d, steps %d "
+                    "(as you type %d), languages: %s",
                     engine.loaded.path,
                     engine.loaded.device,
                     ", ".join(f"{k} {v:,}" for k, v in report.params_by_dtype.items()),
@@ -337,6 +341,12 @@ class DiffgemmaServer(LanguageServer):
                     report.footprint_bytes / 1e6,
                     100 * report.quantized_fraction,
                     engine.model.noise_kind,
+                    engine.layout.format,
+                    self.settings.canvas_length or defaults.canvas_length,
+                    self.settings.max_steps or defaults.max_steps,
+                    self.settings.typing_max_steps or defaults.typing_max_steps,
+                    ", ".join(languages)
+                    + (" (a general model: every language with an installed grammar)" if general else ""),
                 )
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.model_state.state))

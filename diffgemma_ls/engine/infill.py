@@ -10,6 +10,7 @@ per-document keystroke state: the encoder cache of the last prompt and its first
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import threading
 import time
@@ -21,7 +22,6 @@ from statistics import fmean
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList
-from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 from diffgemma_ls.engine.loader import LoadedModel
 from diffgemma_ls.engine.model import CodeDiffusionGemma
@@ -33,9 +33,12 @@ from diffgemma_ls.engine.sampling import (
     DistinctStarts,
     LineStop,
     StartsWith,
+    StockSamplerConfig,
 )
 from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
-from diffgemma_ls.prompt import build_prompt, encode_text
+from diffgemma_ls.prompt import END_OF_TURN, PromptLayout, build_prompt, encode_text, prompt_layout
+
+log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
@@ -54,7 +57,7 @@ class DecodeOptions:
     ``sequential`` takes one pass per token. ``max_canvases`` > 1 continues block-autoregressively.
     ``candidates`` > 1 denoises that many alternatives as one batch (``InfillResult.alternatives``).
     ``first_line_only`` (line mode) ends a canvas once its first line is decoded (``LineStop``;
-    with ``CodeSampler`` only: transformers' own sampler keeps its own stop). ``heal``: a cursor
+    with transformers' own sampler, once it is stable and confident: ``FirstLineStable``). ``heal``: a cursor
     inside a word has the prompt's last token rewritten by the canvas (``Engine._heal_piece``).
     """
 
@@ -90,6 +93,23 @@ class InfillResult:
     alternatives: list[str] = field(default_factory=list)  # rows 1.. of a batched candidates run
     seeded_tokens: int = 0  # committed canvas tokens carried over from the previous request (warm start)
     copied: bool = False  # a rival (a line copied from the file) won over the denoised middle
+
+
+@dataclass(frozen=True)
+class ServingDefaults:
+    """What a request uses where the settings leave it to the checkpoint (``Engine.defaults``)."""
+
+    canvas_length: int
+    max_steps: int  # explicit requests
+    typing_max_steps: int  # as-you-type requests
+
+
+# The shipped code model's (mask noise): 16 passes per canvas explicitly, 3 as you type, measured in
+# docs/benchmarks.md; its checkpoint says canvas 32. A uniform-noise checkpoint (the real
+# DiffusionGemma) is served with its own canvas and step cap: with transformers' sampler, positions
+# it has not accepted by the last step come back as argmax noise, so fewer steps are not cheaper
+# but wrong; a line request ends early instead (``FirstLineStable``).
+MASK_NOISE_STEPS = (16, 3)
 
 
 TOTALS = ("modelCalls", "forwardPasses", "promptTokens", "reusedPromptTokens", "warmStarts", "seededTokens")
@@ -169,7 +189,13 @@ class Engine:
 
     MIN_REUSE = 4  # below this many shared tokens a fresh prefill is as cheap and simpler
 
-    def __init__(self, loaded: LoadedModel, prompt_caches: int = 8, warm_start: bool = True):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        prompt_caches: int = 8,
+        warm_start: bool = True,
+        prompt_format: str = "auto",
+    ):
         self.loaded = loaded
         self.prompt_caches = prompt_caches
         self.warm_start = warm_start
@@ -193,14 +219,32 @@ class Engine:
         self.end_ids = {self.pad_id, *eos_ids}
         sampler_config = getattr(gen, "sampler_config", None)
         self.default_entropy_bound = sampler_config.entropy_bound if sampler_config is not None else 0.1
+        self.layout: PromptLayout = prompt_layout(self.tokenizer, prompt_format)
+        if self.layout.format == "chat":  # the model ends its turn: the canvas's text ends there too
+            turn_end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+            if isinstance(turn_end, int) and turn_end != self.tokenizer.unk_token_id:
+                self.end_ids.add(turn_end)
+        if self.layout.format == "plain":
+            log.warning(
+                "%s has neither FIM tokens nor a chat template: prompting with plain-text markers "
+                "no model was trained on; completions will be poor",
+                loaded.path,
+            )
 
-    def _sampler_config(
-        self, options: DecodeOptions, prefix: str
-    ) -> EntropyBoundSamplerConfig | CodeSamplerConfig:
+    @property
+    def defaults(self) -> ServingDefaults:
+        """Canvas and step caps from the checkpoint (see ``MASK_NOISE_STEPS``)."""
+        canvas = self.model.config.canvas_length
+        if self.model.noise_kind == "mask":
+            return ServingDefaults(canvas, *MASK_NOISE_STEPS)
+        steps = self.model.generation_config.max_denoising_steps or 48  # transformers' own default
+        return ServingDefaults(canvas, steps, steps)
+
+    def _sampler_config(self, options: DecodeOptions, prefix: str) -> StockSamplerConfig | CodeSamplerConfig:
         bound = float(options.entropy_bound or self.default_entropy_bound)
-        if options.mode == "adaptive" and self.model.noise_kind == "uniform":
-            return EntropyBoundSamplerConfig(entropy_bound=bound)  # the real model's own sampler
         line_stop = self._line_stop(prefix) if options.first_line_only else None
+        if options.mode == "adaptive" and self.model.noise_kind == "uniform":  # the real model's own sampler
+            return StockSamplerConfig(entropy_bound=bound, line_stop=line_stop)
         return CodeSamplerConfig(entropy_bound=bound, mode=options.mode, line_stop=line_stop)
 
     def _line_stop(self, prefix: str) -> LineStop:
@@ -250,6 +294,8 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
         cache_key: str | None = None,
         rivals: Sequence[str] = (),
+        language: str = "",
+        path: str = "",
     ) -> InfillResult:
         """Denoise the middle between ``prefix`` and ``suffix``.
 
@@ -259,6 +305,7 @@ class Engine:
         request with the same key. ``rivals`` are other middles (a line copied from the file): the
         denoised one is kept unless a rival is more likely under the model (``_likelihoods``), in
         which case that rival is the text and the denoised middle the first alternative.
+        ``language`` and ``path`` name the file in a chat prompt (``prompt.build_prompt``).
         """
         options = options or DecodeOptions()
         monitor = _StepMonitor(deadline, cancelled)
@@ -276,7 +323,9 @@ class Engine:
             piece = self._heal_piece(prefix, suffix) if options.heal and seed is None else ""
             prefix = prefix[: len(prefix) - len(piece)]
             drafts_key = None if piece else cache_key  # a healed canvas cannot seed the next request
-            prompt = build_prompt(self.tokenizer, prefix, suffix).ids
+            prompt = build_prompt(
+                self.tokenizer, prefix, suffix, self.layout, language=language, path=path
+            ).ids
             sampler_config = self._sampler_config(options, prefix)
             torch.manual_seed(zlib.crc32(str(prompt).encode()))
             cache, reused = self._take_prompt_cache(cache_key, prompt)

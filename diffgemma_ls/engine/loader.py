@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, DiffusionGemmaConfig, PreTrainedTokenizerBase
 
 from diffgemma_ls.engine.model import CodeDiffusionGemma
+from diffgemma_ls.engine.streaming import MissingWeights, StreamingLoader
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,29 @@ def _check_architecture(path: str, trust_remote_code: bool) -> DiffusionGemmaCon
     return config
 
 
-def _check_memory(path: str, dtype: torch.dtype) -> None:
-    """Refuse a checkpoint that cannot fit in RAM before allocating anything for it."""
-    files = list(Path(path).glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"no .safetensors weights in {path} (pickle checkpoints are not loaded)")
-    on_disk = sum(f.stat().st_size for f in files)
-    stored_bytes = 2  # checkpoints are shipped in 16 bits; fp32 serving doubles them
-    needed = on_disk * max(1, torch.finfo(dtype).bits // 8 // stored_bytes)
-    available = _available_memory()
-    if available is not None and needed > available:
+def _check_memory(loader: StreamingLoader, device: torch.device) -> None:
+    """Refuse a checkpoint that cannot fit before allocating anything for it (sizes from the headers).
+
+    The host needs the shard being read (memory-mapped) and, on the CPU, the model itself; a GPU
+    needs the model. ``--quantize`` is counted: 4-bit weights take about 0.28 of bf16's bytes.
+    """
+    model_bytes, shard_bytes = loader.needed_bytes()
+    on_gpu = device.type == "cuda"
+    needs = [("RAM", shard_bytes + (0 if on_gpu else model_bytes), _available_memory())]
+    if on_gpu:
+        needs.append(("GPU memory", model_bytes, torch.cuda.mem_get_info(device)[0]))
+    for what, needed, available in needs:
+        if available is None or needed <= available:
+            continue
+        smaller = [
+            f"--quantize {mode} needs about {loader.needed_bytes(mode)[0] / 2**30:.1f} GiB"
+            for mode in ("8bit", "4bit")
+            if loader.needed_bytes(mode)[0] < model_bytes
+        ]
+        advice = "; ".join(smaller) if smaller else "use a smaller model or a machine with more memory"
         raise ModelLoadError(
-            f"the model needs about {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB is free; "
-            "try --quantize 4bit or a smaller model"
+            f"the model needs about {needed / 2**30:.1f} GiB of {what} with --quantize {loader.mode} but "
+            f"only {available / 2**30:.1f} GiB is free; {advice}"
         )
 
 
@@ -171,41 +182,39 @@ def load_model(
     config = _check_architecture(path, trust_remote_code)
     prequantized = getattr(config, "quantization_config", None) is not None
     # fp32 on CPU: bf16 matmuls are slower there (measured in ../shared/notes/quantization.md).
-    # Loading happens in CPU RAM; the weights then move (or are quantized onto) the device.
     dtype = torch.float32 if torch_device.type == "cpu" else torch.bfloat16
-    _check_memory(path, dtype)
+    if not any(Path(path).glob("*.safetensors")):
+        raise ModelLoadError(f"no .safetensors weights in {path} (pickle checkpoints are not loaded)")
     try:
-        loaded = CodeDiffusionGemma.from_pretrained(
-            path,
-            dtype=dtype,
-            local_files_only=True,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            # a pre-quantized checkpoint's quantizer places its weights itself
-            **({"device_map": str(torch_device)} if prequantized else {}),
-        )
         tokenizer = AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
+        if prequantized:
+            # a pre-quantized checkpoint's quantizer places its weights itself
+            loaded = CodeDiffusionGemma.from_pretrained(
+                path,
+                dtype=dtype,
+                local_files_only=True,
+                use_safetensors=True,
+                device_map=str(torch_device),
+                trust_remote_code=trust_remote_code,
+            ).eval()
+        else:
+            loader = StreamingLoader(path, config, dtype, quantize)
+            _check_memory(loader, torch_device)
+            loaded = loader.load(torch_device)
+    except ModelLoadError:
+        raise
+    except MissingWeights as exc:
+        raise ModelLoadError(f"cannot load the model in {path}: {exc}") from exc
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from exc
-    loaded.eval()
     if prequantized:
         quantization = _quantization_label(config)
         if quantize != "none":
             log.warning("%s is already quantized (%s); --quantize %s ignored", path, quantization, quantize)
-    elif quantize == "none":
-        quantization = "none"
-        loaded.to(torch_device)
     else:
-        from diffgemma_ls.engine.quantize import quantize_model
-
         quantization = quantize
-        try:
-            # weights move to the device one at a time, quantized: the full model never has to fit there
-            quantize_model(loaded, quantize, device=torch_device)
-        except Exception as exc:
-            raise ModelLoadError(f"{quantize} quantization failed: {type(exc).__name__}: {exc}") from exc
     name = DEFAULT_MODEL if model in (None, "", DEFAULT_MODEL) else model
     return LoadedModel(loaded, tokenizer, name, path, torch_device, quantization)
 

@@ -11,7 +11,8 @@ share every line of the serving path:
   That keeps ``generate()``'s final argmax canvas equal to what was committed and makes the
   stable-and-confident stop see zero entropy on committed positions;
 * ``_prepare_sampler`` / ``_prepare_diffusion_stopping_criteria`` build ``CodeSampler`` and its stop
-  rule when a ``CodeSamplerConfig`` is passed, and transformers' own sampler otherwise;
+  rule when a ``CodeSamplerConfig`` is passed, and transformers' own sampler otherwise (with
+  ``FirstLineStable`` around the checkpoint's stop for a line request);
 * ``_denoising_step`` is transformers' own, minus the canvas-wide multinomial draw that
   ``CodeSampler`` never reads (its accepted tokens are the argmax).
 """
@@ -30,7 +31,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
 )
 from transformers.models.gemma4 import Gemma4VisionConfig
 
-from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, CompleteOrStable
+from diffgemma_ls.engine.sampling import CodeSampler, CodeSamplerConfig, CompleteOrStable, FirstLineStable
 
 NOISE_KINDS = ("uniform", "mask")
 # Finite, so temperature scaling and entropy stay finite (finfo.min / 0.4 would overflow to -inf).
@@ -101,7 +102,15 @@ class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
         base = super()._prepare_diffusion_stopping_criteria(generation_config)
         sampler = getattr(self, "_generation_sampler", None)
         if not isinstance(sampler, CodeSampler):
-            return base
+            line_stop = getattr(generation_config.sampler_config, "line_stop", None)
+            if line_stop is None:
+                return base
+            eos = generation_config.eos_token_id
+            ends = [
+                generation_config.pad_token_id,
+                *([] if eos is None else [eos] if isinstance(eos, int) else eos),
+            ]
+            return FirstLineStable(line_stop, base, sampler.entropy_bound, ends)
         if sampler.mode == "fixed":
             return None  # exactly max_denoising_steps passes; the schedule completes the canvas at the last
         if sampler.mode == "sequential":

@@ -182,6 +182,29 @@ class QuantizedExperts(nn.Module):
         return f"num_experts={self.num_experts}, mode={self.mode}"
 
 
+def is_quantization_target(parent: nn.Module, child: nn.Module) -> bool:
+    """Whether ``child`` (a module of the text model) is stored quantized: see the module docstring."""
+    if isinstance(child, DiffusionGemmaTextExperts):
+        return True
+    return type(child) is nn.Linear and not isinstance(parent, DiffusionGemmaTextRouter)
+
+
+def quantized_module(child: nn.Module, mode: QuantMode, device: torch.device | None) -> nn.Module:
+    """The quantized replacement of a target module, quantized on ``device`` (or where its weights are)."""
+    if isinstance(child, DiffusionGemmaTextExperts):
+        return QuantizedExperts(child, mode, device)
+    data, scale = _quantize_matrix(child.weight.detach().to(device), mode)
+    return QuantizedLinear(data, scale, child.in_features, child.out_features, mode, child.bias)
+
+
+def quantized_bytes(shape: tuple[int, ...], mode: QuantMode) -> int:
+    """Bytes a weight of ``shape`` takes once quantized (data and scales), for the loader's memory check."""
+    elements = math.prod(shape)
+    if mode == "4bit":
+        return elements // 2 + 4 * math.ceil(elements / NF4_BLOCKSIZE)
+    return elements + 4 * (elements // shape[-1])  # int8, one fp32 scale per row
+
+
 def _text_roots(model: DiffusionGemmaForBlockDiffusion) -> tuple[nn.Module, nn.Module]:
     """The text encoder and the decoder: the modules whose weights are (mostly) shared."""
     return model.model.encoder.language_model, model.model.decoder
@@ -217,27 +240,15 @@ def quantize_model(
     # Keyed by the ids of the original (shared) parameters, so that the encoder and the decoder get
     # the same replacement wherever they shared weights, and separate ones where they did not. The
     # ids cannot be reused while we look them up: all those parameters existed together at the start.
-    quantized_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     replacements: dict[tuple[int, ...], nn.Module] = {}
 
     def replacement(parent: nn.Module, child: nn.Module) -> nn.Module | None:
-        if isinstance(child, DiffusionGemmaTextExperts):
-            key = (id(child.gate_up_proj), id(child.down_proj))
-            if key not in replacements:
-                replacements[key] = QuantizedExperts(child, mode, target)
-            return replacements[key]
-        if type(child) is nn.Linear and not isinstance(parent, DiffusionGemmaTextRouter):
-            weight = child.weight
-            key = (id(weight), id(child.bias))
-            if key not in replacements:
-                if id(weight) not in quantized_weights:
-                    quantized_weights[id(weight)] = _quantize_matrix(weight.detach().to(target), mode)
-                data, scale = quantized_weights[id(weight)]
-                replacements[key] = QuantizedLinear(
-                    data, scale, child.in_features, child.out_features, mode, child.bias
-                )
-            return replacements[key]
-        return None
+        if not is_quantization_target(parent, child):
+            return None
+        key = tuple(id(p) for p in child.parameters(recurse=False))
+        if key not in replacements:
+            replacements[key] = quantized_module(child, mode, target)
+        return replacements[key]
 
     def convert(module: nn.Module) -> None:
         for name, child in list(module.named_children()):

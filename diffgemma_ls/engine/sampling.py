@@ -21,6 +21,11 @@ generate loop, caches, logits processors and block-autoregressive canvases stay 
   everything after it is PAD and committed, so the request ends without decoding text that
   post-processing would cut off anyway.
 
+Uniform-noise checkpoints (the real DiffusionGemma) keep transformers' ``EntropyBoundSampler``; for
+line mode, ``StockSamplerConfig`` carries a ``LineStop`` to ``FirstLineStable``, a stopping rule that
+ends the canvas once its first line is stable and confident, so a line request does not pay for a
+256-token canvas's worth of denoising.
+
 ``DistinctStarts`` is a logits processor for batched candidates (rows = alternatives for one prompt);
 ``StartsWith`` one for token healing (the canvas's first token rewrites the prompt's cut-off last one).
 """
@@ -92,6 +97,17 @@ class CodeSamplerConfig(EntropyBoundSamplerConfig):
         super().__post_init__()
         if self.mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {self.mode!r}")
+
+
+@dataclass
+class StockSamplerConfig(EntropyBoundSamplerConfig):
+    """transformers' own sampler's config, plus the line stop of a line request (``FirstLineStable``)."""
+
+    line_stop: LineStop | None = None
+
+    def to_dict(self) -> dict:
+        """As transformers' own config: ``line_stop`` is per request, not a setting."""
+        return {"entropy_bound": self.entropy_bound, "_cls_name": EntropyBoundSamplerConfig.__name__}
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -287,6 +303,58 @@ class StartsWith:
         logits[:, 0] = torch.finfo(logits.dtype).min
         logits[:, 0, allowed] = kept
         return logits
+
+
+class FirstLineStable(DiffusionGemmaAdaptiveStopping):
+    """Stops a row once its first line is stable and confident, or when ``base`` (the checkpoint's) fires.
+
+    The line stop for uniform noise, where nothing is ever committed: the first line of the argmax
+    canvas (up to its line break, by ``LineStop``'s rule, or up to an end token) must be the same
+    as at the previous step, and its tokens must pass the sampler's own acceptance rule jointly
+    (entropies summed minus the largest within ``entropy_bound``), so the sampler itself would keep
+    them. Post-processing keeps that first line only, whatever the rest of the canvas holds.
+    """
+
+    def __init__(
+        self,
+        line_stop: LineStop,
+        base: DiffusionGemmaAdaptiveStopping | None,
+        entropy_bound: float,
+        end_ids: Sequence[int],
+    ):
+        self.line_stop = line_stop
+        self.base = base
+        self.entropy_bound = entropy_bound
+        self.end_ids = set(end_ids)
+        self.previous: list[list[int]] | None = None
+
+    def first_line_end(self, tokens: Sequence[int]) -> int | None:
+        """Index of the token that ends the first line (a line break or an end token), if any."""
+        end = next((i for i, token in enumerate(tokens) if token in self.end_ids), len(tokens))
+        line_break = self.line_stop.line_end(tokens[:end], [True] * end)
+        if line_break is not None:
+            return line_break
+        return end if end < len(tokens) else None
+
+    def __call__(self, argmax_canvas: torch.LongTensor, logits: torch.Tensor, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(argmax_canvas.shape[0], dtype=torch.bool, device=argmax_canvas.device)
+        if self.base is not None:
+            done = done | self.base(argmax_canvas, logits, **kwargs)
+        rows = argmax_canvas.tolist()  # (batch, canvas)
+        entropy = token_entropy(logits)  # (batch, canvas)
+        for row, tokens in enumerate(rows):
+            end = self.first_line_end(tokens)
+            if end is None or self.previous is None or self.previous[row][: end + 1] != tokens[: end + 1]:
+                continue
+            line = entropy[row, : end + 1]
+            done[row] |= bool(line.sum() - line.max() <= self.entropy_bound)
+        self.previous = rows
+        return done
+
+    def reset(self) -> None:
+        self.previous = None
+        if self.base is not None:
+            self.base.reset()
 
 
 class CompleteOrStable(DiffusionGemmaAdaptiveStopping):

@@ -4,6 +4,7 @@ One filter per module, each a pure ``(text, context) -> text`` function, applied
 
 1. ``cut_eos``: cut at a leaked special token - everything after it is not the middle.
 2. ``line_endings.normalize_newlines``: ``\\n`` only, so every later filter can split on it.
+   (then, for a chat prompt only, ``strip_markdown``: a reply's fences and preamble off)
 3. ``indentation``: the file's tabs or spaces, before anything compares indentation.
 4. ``single_line``: line mode keeps the first line.
 5. ``limit_scope``: block mode stops where the indentation leaves the block.
@@ -36,6 +37,7 @@ from diffgemma_ls.postprocess.indentation import match_indentation
 from diffgemma_ls.postprocess.limit_scope import limit_scope
 from diffgemma_ls.postprocess.line_endings import normalize_newlines, to_document_line_endings
 from diffgemma_ls.postprocess.single_line import keep_first_line
+from diffgemma_ls.postprocess.strip_markdown import strip_markdown
 from diffgemma_ls.postprocess.trim_trailing import trim_trailing
 
 Filter: TypeAlias = Callable[[str, InfillContext], str | None]
@@ -61,12 +63,18 @@ class Completion:
     replace_end: int = 0  # characters after the cursor that the text replaces; 0 = plain insertion
 
 
-def postprocess(raw: str, ctx: InfillContext) -> Completion | None:
-    """Run the filters over the model's text; ``None`` when nothing worth showing is left."""
+CHAT_FILTERS: tuple[Filter, ...] = (*FILTERS[:2], strip_markdown, *FILTERS[2:])
+
+
+def postprocess(raw: str, ctx: InfillContext, *, chat: bool = False) -> Completion | None:
+    """Run the filters over the model's text; ``None`` when nothing worth showing is left.
+
+    ``chat``: the text is a chat model's reply (the ``chat`` prompt format), fences and all.
+    """
     if ctx.mode == "none":
         return None
     text = raw
-    for step in FILTERS:
+    for step in CHAT_FILTERS if chat else FILTERS:
         result = step(text, ctx)
         if result is None:
             return None
@@ -74,4 +82,4 @@ def postprocess(raw: str, ctx: InfillContext) -> Completion | None:
     return Completion(ctx.lead + text, replaced_closers(text, ctx))
 
 
-__all__ = ["FILTERS", "Completion", "Filter", "postprocess"]
+__all__ = ["CHAT_FILTERS", "FILTERS", "Completion", "Filter", "postprocess"]
