@@ -157,7 +157,7 @@ def prompt_layout(tokenizer: TokenizerLike, requested: str = "auto") -> PromptLa
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if requested == "fim" and not has_fim:
         raise ValueError(
-            "promptFormat 'fim': this tokenizer has no <|fim_prefix|>/<|fim_suffix|>/<|fim_middle|>"
+            "promptFormat 'fim': this tokenizer has no FIM tokens (<|fim_prefix|>, <|fim_middle|>, ...)"
         )
     if requested == "chat" and not has_chat:
         raise ValueError("promptFormat 'chat': this tokenizer has no chat template")

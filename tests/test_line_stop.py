@@ -51,7 +51,7 @@ def test_line_end_agrees_with_post_processing(skip_blank_start: bool) -> None:
 
 def _denoise(engine: Engine, line_stop: LineStop | None) -> tuple[list[int], int]:
     """A real generate() on a canvas seeded with "x\\n": the sampler's last canvas and the passes."""
-    model, tok = engine.model, engine.tokenizer
+    model, tok = engine._view(16), engine.tokenizer  # a 16-token canvas
     x, newline = tok.encode(tiny.CONSTANT_TOKEN)[0], tok.encode("\n")[0]
     canvas = torch.full((1, 16), model.config.mask_token_id)  # (1, C)
     canvas[0, :2] = torch.tensor([x, newline])
@@ -73,7 +73,7 @@ def test_a_decoded_first_line_ends_the_canvas(constant_model_dir: Path) -> None:
     pad = engine.pad_id
     stopped, stopped_passes = _denoise(engine, LineStop({newline: "\n"}, skip_blank_start=False))
     assert stopped == [x, newline] + [pad] * 14 and stopped_passes == 1
-    assert engine.model._generation_sampler.line_cut == [2]
+    assert engine._view(16)._generation_sampler.line_cut == [2]
     full, full_passes = _denoise(engine, None)
     assert full == [x, newline] + [x] * 14 and full_passes == 14  # one pass per open position
 

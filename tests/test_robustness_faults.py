@@ -99,12 +99,16 @@ print(json.dumps(results))
 def test_model_too_large_is_refused_before_allocating(random_model_dir: Path, tmp_path: Path) -> None:
     """Under an address-space limit, a checkpoint that cannot fit is refused by size, not by the OOM killer.
 
-    The large checkpoint is sparse (8 GiB on paper, nothing on disk); the small one loads under the same
-    limit, so the refusal is the size check and not a limit too tight to load anything.
+    The large checkpoint is sparse (an 8 GiB tensor in its header, nothing on disk); the small one loads
+    under the same limit, so the refusal is the size check and not a limit too tight to load anything.
     """
     large = _copy(random_model_dir, tmp_path / "large")
-    with open(large / "model-extra.safetensors", "wb") as f:
-        f.truncate(8 << 30)
+    header = json.dumps(
+        {"extra.weight": {"dtype": "F16", "shape": [1 << 30, 4], "data_offsets": [0, 8 << 30]}}
+    )
+    with open(large / "model-extra.safetensors", "wb") as f:  # a valid header, sparse data
+        f.write(len(header).to_bytes(8, "little") + header.encode())
+        f.truncate(8 + len(header) + (8 << 30))
     room = 1 << 30  # 1 GiB of address space beyond what the interpreter and torch already map
     done = subprocess.run(
         [sys.executable, "-c", _UNDER_LIMIT, str(large), str(random_model_dir), str(room)],

@@ -225,7 +225,8 @@ async def test_invalid_settings_one_message_and_defaults(constant_model_dir: Pat
         await s.wait_for_state("ready")
         s.open()
         answer = await s.inline()
-        assert answer.items and len(answer.items[0].insert_text) == Settings().canvas_length
+        canvas = load_model(str(constant_model_dir), device="cpu").model.config.canvas_length
+        assert answer.items and len(answer.items[0].insert_text) == canvas  # the checkpoint's default
         messages = [m.message for m in s.client.messages]
         assert len(messages) == 1
         assert "canvasLength" in messages[0] and "quantize" in messages[0] and "maxStepz" in messages[0]

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, DiffusionGemmaConfig, PreTrainedTokenizerBase
 
 from diffgemma_ls.engine.model import CodeDiffusionGemma
-from diffgemma_ls.engine.streaming import MissingWeights, StreamingLoader
+from diffgemma_ls.engine.streaming import MissingWeights, StreamingLoader, TensorInfo, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,13 @@ def _check_architecture(path: str, trust_remote_code: bool) -> DiffusionGemmaCon
     return config
 
 
-def _check_memory(loader: StreamingLoader, device: torch.device) -> None:
+def _check_memory(loader: StreamingLoader, tensors: dict[str, TensorInfo], device: torch.device) -> None:
     """Refuse a checkpoint that cannot fit before allocating anything for it (sizes from the headers).
 
     The host needs the shard being read (memory-mapped) and, on the CPU, the model itself; a GPU
     needs the model. ``--quantize`` is counted: 4-bit weights take about 0.28 of bf16's bytes.
     """
-    model_bytes, shard_bytes = loader.needed_bytes()
+    model_bytes, shard_bytes = loader.needed_bytes(tensors)
     on_gpu = device.type == "cuda"
     needs = [("RAM", shard_bytes + (0 if on_gpu else model_bytes), _available_memory())]
     if on_gpu:
@@ -126,15 +126,19 @@ def _check_memory(loader: StreamingLoader, device: torch.device) -> None:
         if available is None or needed <= available:
             continue
         smaller = [
-            f"--quantize {mode} needs about {loader.needed_bytes(mode)[0] / 2**30:.1f} GiB"
+            f"--quantize {mode} needs about {_size(loader.needed_bytes(tensors, mode)[0])}"
             for mode in ("8bit", "4bit")
-            if loader.needed_bytes(mode)[0] < model_bytes
+            if loader.needed_bytes(tensors, mode)[0] < model_bytes
         ]
         advice = "; ".join(smaller) if smaller else "use a smaller model or a machine with more memory"
         raise ModelLoadError(
-            f"the model needs about {needed / 2**30:.1f} GiB of {what} with --quantize {loader.mode} but "
-            f"only {available / 2**30:.1f} GiB is free; {advice}"
+            f"the model needs about {_size(needed)} of {what} with --quantize {loader.mode} but "
+            f"only {_size(available)} is free; {advice}"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.0f} MiB"
 
 
 def _available_memory() -> int | None:
@@ -200,9 +204,14 @@ def load_model(
                 trust_remote_code=trust_remote_code,
             ).eval()
         else:
-            loader = StreamingLoader(path, config, dtype, quantize)
-            _check_memory(loader, torch_device)
-            loaded = loader.load(torch_device)
+            loaded = load_checkpoint(
+                path,
+                config,
+                dtype,
+                quantize,
+                torch_device,
+                lambda *sizes: _check_memory(*sizes, torch_device),
+            )
     except ModelLoadError:
         raise
     except MissingWeights as exc:

@@ -310,9 +310,10 @@ class FirstLineStable(DiffusionGemmaAdaptiveStopping):
 
     The line stop for uniform noise, where nothing is ever committed: the first line of the argmax
     canvas (up to its line break, by ``LineStop``'s rule, or up to an end token) must be the same
-    as at the previous step, and its tokens must pass the sampler's own acceptance rule jointly
-    (entropies summed minus the largest within ``entropy_bound``), so the sampler itself would keep
-    them. Post-processing keeps that first line only, whatever the rest of the canvas holds.
+    as at the previous step, and its tokens' entropies must sum to at most the sampler's
+    ``entropy_bound`` (stricter than the sampler's acceptance, which leaves the largest one out:
+    one unsure token would pass that). Post-processing keeps that first line only, whatever the
+    rest of the canvas holds.
     """
 
     def __init__(
@@ -346,8 +347,7 @@ class FirstLineStable(DiffusionGemmaAdaptiveStopping):
             end = self.first_line_end(tokens)
             if end is None or self.previous is None or self.previous[row][: end + 1] != tokens[: end + 1]:
                 continue
-            line = entropy[row, : end + 1]
-            done[row] |= bool(line.sum() - line.max() <= self.entropy_bound)
+            done[row] |= bool(entropy[row, : end + 1].sum() <= self.entropy_bound)
         self.previous = rows
         return done
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +104,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 class StreamingLoader:
     """A meta-device model filled tensor by tensor: ``needed_bytes`` first (allocates nothing), ``load``."""
 
-    def __init__(self, path: str | Path, config: DiffusionGemmaConfig, dtype: torch.dtype, mode: QuantMode):
-        self.path = Path(path)
+    def __init__(self, config: DiffusionGemmaConfig, dtype: torch.dtype, mode: QuantMode):
         self.dtype = dtype
         self.mode = mode
         with _default_dtype(dtype), accelerate.init_empty_weights(include_buffers=False):
@@ -114,14 +113,9 @@ class StreamingLoader:
         model.model.encoder.embed_vision = _NoVision()
         model.tie_weights()
         self.model = model
-        self.tensors = {
-            name: info
-            for name, info in checkpoint_tensors(self.path).items()
-            if not name.startswith(VISION_PREFIXES)
-        }
         self._parameters = dict(model.named_parameters(remove_duplicate=False))
         self._buffers = dict(model.named_buffers(remove_duplicate=False))
-        # where each (meta) parameter sits, under every name it has, and each module's parents
+        # where each (meta) parameter sits, under every name it has, and each target module's parents
         self._holders: dict[int, list[tuple[nn.Module, str]]] = {}
         for name, param in self._parameters.items():
             module_name, _, attr = name.rpartition(".")
@@ -134,63 +128,52 @@ class StreamingLoader:
             if parent is not None and module in text and is_quantization_target(parent, module):
                 self._parents.setdefault(id(module), []).append((parent, attr))
 
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each weight once (under its first name, as a checkpoint stores it): what ``load`` needs."""
+        return {name: tuple(param.shape) for name, param in self.model.named_parameters()}
+
     def _is_target(self, name: str) -> bool:
         param = self._parameters.get(name)
         return param is not None and any(
             id(module) in self._parents for module, _ in self._holders[id(param)]
         )
 
-    def needed_bytes(self, mode: QuantMode | None = None) -> tuple[int, int]:
+    def needed_bytes(self, tensors: dict[str, TensorInfo], mode: QuantMode | None = None) -> tuple[int, int]:
         """(model bytes once loaded and quantized by ``mode``, default this load's; largest shard's bytes)."""
         mode = mode or self.mode
         model = 0
-        for name, info in self.tensors.items():
+        for name, info in tensors.items():
             if mode != "none" and self._is_target(name):
                 model += quantized_bytes(info.shape, mode)
             else:
-                stored = _DTYPE_BYTES.get(info.dtype, 4)
                 elements = math.prod(info.shape)
-                model += elements * (self.dtype.itemsize if info.dtype.startswith(("F", "BF")) else stored)
+                floating = info.dtype.startswith(("F", "BF"))
+                model += elements * (self.dtype.itemsize if floating else _DTYPE_BYTES.get(info.dtype, 4))
         shards: dict[Path, int] = {}
-        for info in self.tensors.values():
+        for info in tensors.values():
             shards[info.shard] = shards.get(info.shard, 0) + info.nbytes
         return model, max(shards.values(), default=0)
 
     @torch.no_grad()
-    def load(self, device: torch.device) -> CodeDiffusionGemma:
-        """Read every tensor once, shard by shard; quantize each target module as soon as it is complete."""
-        unknown = [
-            name for name in self.tensors if name not in self._parameters and name not in self._buffers
-        ]
-        if unknown:
-            raise MissingWeights(
-                f"the checkpoint has tensors this architecture does not: {', '.join(unknown[:5])}"
-            )
+    def load(self, tensors: Iterable[tuple[str, torch.Tensor]], device: torch.device) -> CodeDiffusionGemma:
+        """Place each tensor as it comes; quantize each target module as soon as it is complete."""
         target = device if self.mode != "none" else None
-        by_shard: dict[Path, list[str]] = {}
-        for name, info in self.tensors.items():
-            by_shard.setdefault(info.shard, []).append(name)
-        for shard, names in sorted(by_shard.items()):
-            with safe_open(str(shard), framework="pt", device="cpu") as f:
-                for name in names:
-                    tensor = f.get_tensor(name)
-                    if tensor.is_floating_point():
-                        tensor = tensor.to(self.dtype)
-                    if name in self._buffers:
-                        self._buffers[name].copy_(tensor)
-                    else:
-                        self._place(name, tensor if target is not None else tensor.to(device), target)
-                    del tensor
+        for name, tensor in tensors:
+            if name not in self._parameters and name not in self._buffers:
+                raise MissingWeights(f"the checkpoint has a tensor this architecture does not: {name}")
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.dtype)
+            if name in self._buffers:
+                self._buffers[name].copy_(tensor)
+            else:
+                self._place(name, tensor if target is not None else tensor.to(device), target)
+            del tensor
         missing = [name for name, param in self.model.named_parameters() if param.is_meta]
         if missing:
             raise MissingWeights(
                 f"the checkpoint lacks {len(missing)} weights, e.g. {', '.join(missing[:5])}"
             )
         self.model.to(device)  # buffers, and what stays in full precision
-        if (self.path / "generation_config.json").is_file():
-            self.model.generation_config = type(self.model.generation_config).from_pretrained(
-                self.path, local_files_only=True
-            )
         return self.model.eval().requires_grad_(False)
 
     def _place(self, name: str, tensor: torch.Tensor, target: torch.device | None) -> None:
@@ -213,3 +196,35 @@ class StreamingLoader:
             for module in complete:
                 for parent, attr in self._parents.pop(id(module)):
                     setattr(parent, attr, replacement)
+
+
+def read_checkpoint(tensors: dict[str, TensorInfo]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors, shard by shard, each read from the memory-mapped file only when it is asked for."""
+    by_shard: dict[Path, list[str]] = {}
+    for name, info in tensors.items():
+        by_shard.setdefault(info.shard, []).append(name)
+    for shard, names in sorted(by_shard.items()):
+        with safe_open(str(shard), framework="pt", device="cpu") as f:
+            for name in names:
+                yield name, f.get_tensor(name)
+
+
+def load_checkpoint(
+    path: str | Path,
+    config: DiffusionGemmaConfig,
+    dtype: torch.dtype,
+    mode: QuantMode,
+    device: torch.device,
+    check: Callable[[StreamingLoader, dict[str, TensorInfo]], None] | None = None,
+) -> CodeDiffusionGemma:
+    """A checkpoint folder's text model, loaded by ``StreamingLoader``; ``check`` sees it before any read."""
+    loader = StreamingLoader(config, dtype, mode)
+    tensors = {
+        name: info for name, info in checkpoint_tensors(path).items() if not name.startswith(VISION_PREFIXES)
+    }
+    if check is not None:
+        check(loader, tensors)
+    model = loader.load(read_checkpoint(tensors), device)
+    if (Path(path) / "generation_config.json").is_file():
+        model.generation_config = type(model.generation_config).from_pretrained(path, local_files_only=True)
+    return model

@@ -8,6 +8,7 @@ const SERVER_KEYS = [
   "model",
   "quantize",
   "device",
+  "promptFormat",
   "canvasLength",
   "maxSteps",
   "typingMaxSteps",
