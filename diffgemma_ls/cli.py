@@ -8,26 +8,29 @@ cannot load, 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffgemma_ls import __version__
 from diffgemma_ls.bench.cli import add_bench_arguments, run_bench
-from diffgemma_ls.config import MAX_CANDIDATES, Settings, default_threads, settings_from_cli, validate_setting
-from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
+from diffgemma_ls.config import (
+    MAX_CANDIDATES,
+    MODEL_FLAGS,
+    SERVER_FLAGS,
+    Settings,
+    add_flags,
+    settings_from_cli,
+)
+from diffgemma_ls.exit_codes import EXIT_MODEL, EXIT_OK, EXIT_USAGE
 from diffgemma_ls.fill import fill_target, trim_selection
-from diffgemma_ls.prompt import PROMPT_FORMATS
 
 if TYPE_CHECKING:
     from diffgemma_ls.completion import Outcome
 
-EXIT_OK, EXIT_MODEL, EXIT_USAGE = 0, 1, 2
 LANGUAGE_BY_EXTENSION = {
     ".py": "python",
     ".pyi": "python",
@@ -42,31 +45,11 @@ LANGUAGE_BY_EXTENSION = {
 }
 
 
-def _model_flags() -> argparse.ArgumentParser:
-    """Flags every command takes."""
+def _model_flags(skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """Flags every command takes (``skip``: those a command defines its own way)."""
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("model")
-    group.add_argument("--model", help="model folder or Hugging Face id (default: the shipped code model)")
-    group.add_argument(
-        "--quantize",
-        choices=QUANTIZE_MODES,
-        help="weight quantization (default: auto = 4bit on CUDA, none elsewhere)",
-    )
-    group.add_argument("--device", choices=DEVICES, help="where the model runs (default: auto)")
-    group.add_argument(
-        "--prompt-format",
-        choices=PROMPT_FORMATS,
-        help="auto (default): fim where the tokenizer has FIM tokens, else chat (the real -it model)",
-    )
-    group.add_argument(
-        "--threads", type=int, help=f"CPU threads for the model (default: {default_threads()})"
-    )
-    group.add_argument(
-        "--allow-download", action="store_true", default=None, help="let a Hugging Face id download (off)"
-    )
-    group.add_argument(
-        "--trust-remote-code", action="store_true", default=None, help="run a checkpoint's own code (off)"
-    )
+    add_flags(group, tuple(name for name in MODEL_FLAGS if name not in skip))
     group.add_argument("--log-file", help="write the log here instead of stderr")
     group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     return common
@@ -91,38 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     transport = parser.add_mutually_exclusive_group()
     transport.add_argument("--stdio", action="store_true", help="serve LSP over stdin/stdout (default)")
     transport.add_argument("--tcp", metavar="[HOST:]PORT", help="serve LSP over TCP (host: 127.0.0.1)")
-    parser.add_argument(
-        "--prompt-caches", type=int, help="documents whose encoder cache is kept between requests (0: off)"
-    )
-    parser.add_argument(
-        "--no-typeahead", dest="typeahead", action="store_false", default=None, help="turn typing-ahead off"
-    )
-    parser.add_argument(
-        "--no-prefetch",
-        dest="prefetch",
-        action="store_false",
-        default=None,
-        help="do not compute the next completion right after one is accepted",
-    )
-    parser.add_argument(
-        "--debounce-ms",
-        type=_debounce_ms,
-        help="as-you-type requests wait this long (ms) and are dropped unrun if typing goes on; "
-        "auto: 1.5x the typist's interval between keys, at most 250 ms (default: 0)",
-    )
-    parser.add_argument(
-        "--typing-max-steps",
-        type=_typing_max_steps,
-        help="cap on forward passes per canvas for as-you-type requests (default: from the checkpoint: "
-        "3 for the shipped model, whose explicit requests get 16; a uniform-noise model's own cap)",
-    )
-    parser.add_argument(
-        "--no-warm-start",
-        dest="warm_start",
-        action="store_false",
-        default=None,
-        help="start every canvas from noise, not from the still-valid part of the previous one",
-    )
+    add_flags(parser.add_argument_group("server"), SERVER_FLAGS)
     sub = parser.add_subparsers(dest="command")
 
     infill = sub.add_parser(
@@ -165,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", parents=[common], help="what would be served: model, device, quantization")
     info.add_argument("--json", action="store_true", help="one JSON object")
 
-    bench = sub.add_parser("bench", parents=[common], help="quality and speed on infilling tasks, in one run")
-    _decode_flags(bench)
+    bench = sub.add_parser(
+        "bench",
+        parents=[_model_flags(skip=("quantize",))],
+        help="quality and speed on infilling tasks, in one run",
+    )
     add_bench_arguments(bench)
+    for command in (infill, fill, info, bench):  # a usage error shows the subcommand's own usage
+        command.set_defaults(usage=command)
     return parser
 
 
@@ -187,15 +144,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return settings_from_cli(
-        model=args.model,
-        quantize=args.quantize,
-        device=args.device,
-        prompt_format=args.prompt_format,
-        threads=args.threads,
-        allow_download=args.allow_download,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return settings_from_cli(args)
 
 
 def parse_tcp(value: str) -> tuple[str, int]:
@@ -205,36 +154,10 @@ def parse_tcp(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _debounce_ms(value: str) -> int | str:
-    """``--debounce-ms``: ``auto`` or whole milliseconds (checked like the client's ``debounceMs``)."""
-    with contextlib.suppress(ValueError):
-        value = int(value)  # otherwise "auto", or a mistake validate_setting names
-    return _checked("debounce_ms", value)
-
-
-def _typing_max_steps(value: str) -> int:
-    """``--typing-max-steps``: checked like the client's ``typingMaxSteps``."""
-    return _checked("typing_max_steps", int(value) if value.isdigit() else value)
-
-
-def _checked(name: str, value: object) -> object:
-    """A server flag's value, validated as the client setting of the same name, or argparse's error."""
-    try:
-        return validate_setting(name, value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def server_settings(args: argparse.Namespace) -> Settings:
-    """What ``diffgemma-ls [--stdio|--tcp]`` serves with (before any client settings)."""
-    server_only = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")
-    return replace(_settings(args), **{k: v for k in server_only if (v := getattr(args, k)) is not None})
-
-
 def serve(args: argparse.Namespace) -> int:
     from diffgemma_ls.server import create_server
 
-    server = create_server(server_settings(args))
+    server = create_server(settings_from_cli(args))
     if args.tcp:
         try:
             host, port = parse_tcp(args.tcp)
@@ -280,8 +203,14 @@ def infill(args: argparse.Namespace) -> int:
         print("diffgemma-ls infill: give FILE --line L --col C, or --jsonl", file=sys.stderr)
         return EXIT_USAGE
     if args.file is not None:
-        if args.line is None or args.col is None or args.line < 1 or args.col < 1:
+        if args.line is None or args.col is None:
             print("diffgemma-ls infill: --line and --col (1-based) are required with FILE", file=sys.stderr)
+            return EXIT_USAGE
+        if args.line < 1 or args.col < 1:
+            print(
+                f"diffgemma-ls infill: --line and --col count from 1, got {args.line}:{args.col}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         try:
             text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
@@ -314,8 +243,7 @@ def infill(args: argparse.Namespace) -> int:
         if args.candidates > 1:
             print(json.dumps(_texts(outcome), indent=1))
         else:
-            sys.stdout.write(outcome.completion.text if outcome.completion else "")
-        sys.stdout.flush()
+            print(outcome.completion.text if outcome.completion else "", flush=True)
         return EXIT_OK
     for line in sys.stdin:
         if not line.strip():
@@ -460,7 +388,9 @@ def info(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level command; name the one that was used
+        getattr(args, "usage", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args)
     if args.command == "infill":
         return infill(args)

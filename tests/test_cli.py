@@ -28,7 +28,7 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 def test_infill_prints_the_completion_only(constant_model_dir: Path) -> None:
     done = cli("infill", str(DEMO), "--line", "16", "--col", "16", "--model", str(constant_model_dir))
     assert done.returncode == 0, done.stderr
-    assert done.stdout and set(done.stdout) == {tiny.CONSTANT_TOKEN}
+    assert done.stdout.endswith("\n") and set(done.stdout[:-1]) == {tiny.CONSTANT_TOKEN}
 
 
 def test_infill_exit_codes(constant_model_dir: Path, tmp_path: Path) -> None:
@@ -37,6 +37,13 @@ def test_infill_exit_codes(constant_model_dir: Path, tmp_path: Path) -> None:
     assert cli("infill", "--model", str(constant_model_dir)).returncode == 2
     missing = cli("infill", str(DEMO), "--line", "1", "--col", "1", "--model", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "nope" in missing.stderr
+    zero = cli("infill", str(DEMO), "--line", "0", "--col", "1", "--model", str(constant_model_dir))
+    assert zero.returncode == 2 and "count from 1, got 0:1" in zero.stderr
+    bogus = cli("infill", str(DEMO), "--line", "1", "--col", "1", "--bogus")
+    assert (
+        bogus.returncode == 2
+        and "diffgemma-ls infill: error: unrecognized arguments: --bogus" in bogus.stderr
+    )
 
 
 def test_infill_jsonl_one_line_per_task_in_order(constant_model_dir: Path) -> None:
@@ -72,7 +79,7 @@ def test_infill_candidates_print_the_best_first_then_distinct_alternatives(const
     assert done.returncode == 0, done.stderr
     texts = json.loads(done.stdout)
     assert 1 < len(texts) <= 3 and len(set(texts)) == len(texts)
-    assert texts[0] == cli(*args).stdout  # the best is the one-candidate answer
+    assert texts[0] == cli(*args).stdout.removesuffix("\n")  # the best is the one-candidate answer
     assert cli(*args, "--candidates", "0").returncode == 2
 
 

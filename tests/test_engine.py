@@ -259,9 +259,9 @@ def test_prompt_cache_reuses_the_encoder_and_answers_the_same(random_model_dir: 
     assert typed.token_ids == fresh.token_ids
     for key in ("a", "b", "c"):
         warm.infill(PREFIX, SUFFIX, options, cache_key=key)
-    assert len(warm._prompt_cache) == 2  # bounded, least recently used out
+    assert len(warm.cache_keys()) == 2  # bounded, least recently used out
     warm.forget("c")
-    assert list(warm._prompt_cache) == ["b"]
+    assert warm.cache_keys() == ["b"]
 
 
 SEQUENTIAL = DecodeOptions(mode="sequential", canvas_length=16)  # one pass per open position

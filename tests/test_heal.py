@@ -71,9 +71,9 @@ def test_a_healed_canvas_starts_with_the_piece_and_the_answer_after_it(engine: E
 def test_a_healed_request_leaves_no_canvas_to_warm_start_from(engine: Engine) -> None:
     """The healed canvas begins before the cursor; a seed taken from it would be shifted by the piece."""
     engine.infill(PREFIX, "\n", DecodeOptions(heal=True), cache_key="healed")
-    assert "healed" not in engine._drafts and "healed" in engine._prompt_cache
+    assert not engine.has_draft("healed") and "healed" in engine.cache_keys()
     engine.infill(PREFIX, "\n", DecodeOptions(), cache_key="plain")
-    assert "plain" in engine._drafts
+    assert engine.has_draft("plain")
     engine.forget("healed")
     engine.forget("plain")
 

@@ -64,7 +64,7 @@ def _denoise(engine: Engine, line_stop: LineStop | None) -> tuple[list[int], int
         sampler_config=CodeSamplerConfig(entropy_bound=0.1, mode="sequential", line_stop=line_stop),
         streamer=monitor,
     )
-    return model._generation_sampler.canvas[0].tolist(), monitor.forward_passes
+    return model.last_sampler.canvas[0].tolist(), monitor.forward_passes
 
 
 def test_a_decoded_first_line_ends_the_canvas(constant_model_dir: Path) -> None:
@@ -73,7 +73,7 @@ def test_a_decoded_first_line_ends_the_canvas(constant_model_dir: Path) -> None:
     pad = engine.pad_id
     stopped, stopped_passes = _denoise(engine, LineStop({newline: "\n"}, skip_blank_start=False))
     assert stopped == [x, newline] + [pad] * 14 and stopped_passes == 1
-    assert engine._view(16)._generation_sampler.line_cut == [2]
+    assert engine._view(16).last_sampler.line_cut == [2]
     full, full_passes = _denoise(engine, None)
     assert full == [x, newline] + [x] * 14 and full_passes == 14  # one pass per open position
 

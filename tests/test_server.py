@@ -373,6 +373,36 @@ async def test_accept_prefetches_the_next_completion(session: Session, constant_
     )
 
 
+async def test_a_prefetch_uses_the_documents_caches_and_closing_frees_them(session: Session) -> None:
+    """The prefetch runs under its own in-flight key but with the document's encoder cache."""
+    await session.wait_for_state("ready")
+    session.open()
+    typed = await session.client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(URI),
+            position=CURSOR,
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+    )
+    shown = typed.items[0]
+    session.client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=2, uri=URI),
+            [types.TextDocumentContentChangePartial(types.Range(CURSOR, CURSOR), shown.insert_text)],
+        )
+    )
+    await session.inline(types.Position(CURSOR.line, CURSOR.character + len(shown.insert_text)))
+    state = await session.client.protocol.send_request_async("diffgemma/debugState", {})
+    state = state if isinstance(state, dict) else state._asdict()
+    assert state["prefetches"] == 1 and state["reusedPromptTokens"] > 0, state
+    session.client.text_document_did_close(
+        types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(URI))
+    )
+    state = await session.client.protocol.send_request_async("diffgemma/debugState", {})
+    state = state if isinstance(state, dict) else state._asdict()
+    assert state["promptCaches"] == 0 and state["documents"] == 0, state
+
+
 async def test_debounce_drops_an_as_you_type_request_when_typing_goes_on(constant_model_dir: Path) -> None:
     """With debounceMs, a keystroke during the wait cancels the request before any model work."""
     async with start(constant_model_dir, capabilities("neovim"), {"debounceMs": 300}) as s:

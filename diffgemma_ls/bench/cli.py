@@ -1,8 +1,8 @@
 """``diffgemma-ls bench`` flags and entry point (wired into ``diffgemma_ls.cli``).
 
-The subcommand inherits the model flags and ``--decode/--steps/--entropy-bound`` from the main
-CLI; here ``--decode`` and ``--quantize`` become comma lists, since the bench's point is to put
-modes and quantizations side by side on the same tasks in one run.
+The subcommand takes the main CLI's model flags, and its own ``--decode`` and ``--quantize`` as comma
+lists, since the bench's point is to put modes and quantizations side by side on the same tasks in
+one run.
 
 Subsampling: ``--quick`` takes the first ``QUICK_LIMIT`` tasks of each suite (fixed order, see
 ``tasks``), no entropy-bound sweep and no LSP client; the full bench takes the first
@@ -13,7 +13,6 @@ override either.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 import time
@@ -50,33 +49,24 @@ def _floats(value: str) -> tuple[float, ...]:
     return bounds
 
 
-def _allow_lists(parser: argparse.ArgumentParser, dest: str, choices: Sequence[str], default: str) -> None:
-    """Turn an inherited single-choice option into a comma list, for this parser only.
-
-    argparse has no public way to change an option a parser inherited; and the inherited action
-    object is shared with the main parser and the other subcommands (``parents=``), so it is
-    replaced by a copy here rather than changed in place.
-    """
-    old = next(action for action in parser._actions if action.dest == dest)
-    new = copy.copy(old)
-    new.choices = None
-    new.type = _comma_list(choices)
-    new.default = default  # a string default goes through ``type`` too
-    new.metavar = "A,B,..."
-    new.help = (
-        f"{(old.help or '').split(' (default')[0]}: a comma list of {', '.join(choices)} (default: {default})"
-    )
-    for actions in (parser._actions, *(group._group_actions for group in parser._action_groups)):
-        if old in actions:
-            actions[actions.index(old)] = new
-    for option in old.option_strings:
-        parser._option_string_actions[option] = new
-
-
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """Bench flags; call after ``_decode_flags(parser)``."""
-    _allow_lists(parser, "decode", DECODE_MODES, ",".join(DECODE_MODES))
-    _allow_lists(parser, "quantize", QUANTIZE_MODES, "none")
+    """Bench flags, next to the model flags (but ``--quantize``: a list here, as ``--decode``)."""
+    parser.add_argument(
+        "--decode",
+        type=_comma_list(DECODE_MODES),
+        default=DECODE_MODES,
+        metavar="A,B,...",
+        help=f"decoding modes side by side: a comma list of {', '.join(DECODE_MODES)} (default: all)",
+    )
+    parser.add_argument(
+        "--quantize",
+        type=_comma_list(QUANTIZE_MODES),
+        default=("none",),
+        metavar="A,B,...",
+        help=f"quantizations side by side: a comma list of {', '.join(QUANTIZE_MODES)} (default: none)",
+    )
+    parser.add_argument("--steps", type=int, help="cap on forward passes per canvas (exact for fixed)")
+    parser.add_argument("--entropy-bound", type=float, help="entropy bound for adaptive acceptance")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
     parser.add_argument(
         "--quick", action="store_true", help=f"fixed small subsample: {QUICK_LIMIT} tasks per suite (< 1 min)"
@@ -118,7 +108,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from diffgemma_ls.bench import report
     from diffgemma_ls.bench.runner import BenchPlan, WorkerFailed, run_bench_plan
     from diffgemma_ls.bench.sandbox import Limits
-    from diffgemma_ls.cli import EXIT_MODEL, EXIT_OK, EXIT_USAGE
+    from diffgemma_ls.exit_codes import EXIT_MODEL, EXIT_OK, EXIT_USAGE
 
     if (args.limit is not None and args.limit < 1) or (args.lsp_requests or 0) < 0:
         print("diffgemma-ls bench: --limit must be at least 1 and --lsp-requests at least 0", file=sys.stderr)

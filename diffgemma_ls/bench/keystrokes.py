@@ -42,7 +42,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
-from diffgemma_ls.bench.metrics import edit_similarity
+from diffgemma_ls.bench.metrics import edit_similarity, percentile
 
 CONFIGS: dict[str, list[str]] = {
     "all caches": [],
@@ -94,13 +94,6 @@ class Replay:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _position(text: str, offset: int) -> types.Position:
@@ -262,8 +255,8 @@ def summarize(name: str, replay_: Replay, agreement: tuple[int, int]) -> dict[st
         "keystrokes": replay_.keystrokes,
         "answered": len(replay_.latencies_ms) / keys,
         "shown": sum(bool(a.completion) for a in replay_.answers) / keys,
-        "p50_ms": _percentile(replay_.latencies_ms, 0.5),
-        "p95_ms": _percentile(replay_.latencies_ms, 0.95),
+        "p50_ms": percentile(replay_.latencies_ms, 50),
+        "p95_ms": percentile(replay_.latencies_ms, 95),
         "passes_per_key": s.get("forwardPasses", 0) / keys,
         "typeahead_hit_rate": s.get("typeaheadHits", 0) / keys,
         "prefetch_hit_rate": s.get("prefetchHits", 0) / keys,

@@ -30,7 +30,7 @@ from typing import Any
 
 from lsprotocol import types
 
-from diffgemma_ls.bench.runner import percentile
+from diffgemma_ls.bench.metrics import percentile
 from diffgemma_ls.bench.tasks import Task
 from diffgemma_ls.config import Settings
 

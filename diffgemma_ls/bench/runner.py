@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-from diffgemma_ls.bench.metrics import Scorer, paired_difference
+from diffgemma_ls.bench.metrics import Scorer, paired_difference, percentile
 from diffgemma_ls.bench.sandbox import Limits, network_isolation
 from diffgemma_ls.bench.tasks import Task, load_tasks
 from diffgemma_ls.bench.worker import DecodeConfig
@@ -97,14 +97,6 @@ def run_worker(settings: Settings, tasks: list[Task], configs: list[DecodeConfig
             raise WorkerFailed(returncode)
         with open(out_path, encoding="utf-8") as fh:
             return json.load(fh)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: with 20 samples p95 is the 19th, a real sample)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def _mean(values: list[float]) -> float:

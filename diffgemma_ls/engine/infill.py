@@ -168,6 +168,34 @@ class _PromptCache:
     cache: DynamicCache
 
 
+@dataclass
+class _DocumentState:
+    """What one document keeps between requests: its prompt's encoder cache and its last first canvas."""
+
+    prompt: _PromptCache | None = None
+    draft: Draft | None = None
+
+
+@dataclass
+class _Request:
+    """One request's prepared parts, from ``Engine._prepare`` to ``Engine._collect``."""
+
+    prefix: str  # healed: without ``piece``
+    suffix: str
+    prompt: list[int]
+    piece: str  # the prompt's last token the canvas rewrites (token healing), or ""
+    cache_key: str | None
+    drafts_key: str | None
+    cache: DynamicCache
+    reused: int  # prompt tokens whose encoder KV came from the previous request
+    seed: Seed | None
+    seeded: int
+    processors: LogitsProcessorList
+    view: CodeDiffusionGemma
+    sampler_config: StockSamplerConfig | CodeSamplerConfig
+    canvas_tokens: int = 0  # tokens generate() returned per row, set by ``_collect``
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -199,8 +227,7 @@ class Engine:
         self.loaded = loaded
         self.prompt_caches = prompt_caches
         self.warm_start = warm_start
-        self._prompt_cache: OrderedDict[str, _PromptCache] = OrderedDict()
-        self._drafts: OrderedDict[str, Draft] = OrderedDict()
+        self._documents: OrderedDict[str, _DocumentState] = OrderedDict()  # least recently used first
         # work done, cancelled and budget-cut requests included: what the keystroke bench counts.
         # Every key exists from the start, so another thread can copy it while a request adds to it.
         self.totals: Counter[str] = Counter(dict.fromkeys(TOTALS, 0))
@@ -297,125 +324,175 @@ class Engine:
         language: str = "",
         path: str = "",
     ) -> InfillResult:
-        """Denoise the middle between ``prefix`` and ``suffix``.
+        """Denoise the middle between ``prefix`` and ``suffix``: ``_prepare``, ``_generate``, ``_collect``.
 
         ``deadline`` is a ``time.monotonic()`` instant: once passed, the current draft is returned
         (``budget_exhausted``). ``cancelled`` is polled between steps and raises ``Cancelled``.
         ``cache_key`` reuses the encoder cache (and, with warm start, the canvas) of the previous
         request with the same key. ``rivals`` are other middles (a line copied from the file): the
-        denoised one is kept unless a rival is more likely under the model (``_likelihoods``), in
+        denoised one is kept unless a rival is more likely under the model (``_contest``), in
         which case that rival is the text and the denoised middle the first alternative.
         ``language`` and ``path`` name the file in a chat prompt (``prompt.build_prompt``).
         """
         options = options or DecodeOptions()
         monitor = _StepMonitor(deadline, cancelled)
-        steps = options.canvas_length if options.mode == "sequential" else options.max_steps
         with self._lock:
             if cancelled is not None and cancelled():
                 raise Cancelled
             started = time.perf_counter()
             self._encoder_timer.total = 0.0
-            if options.candidates > 1:
-                cache_key = None  # a batch's cache is not the document's batch-1 cache
-            seed = self._take_seed(cache_key, prefix, suffix)
-            # a warm start already holds the model's own tokens from the cursor on: no healing then;
-            # otherwise the canvas writes the piece again, whole, and starts before the cursor
-            piece = self._heal_piece(prefix, suffix) if options.heal and seed is None else ""
-            prefix = prefix[: len(prefix) - len(piece)]
-            drafts_key = None if piece else cache_key  # a healed canvas cannot seed the next request
-            prompt = build_prompt(
-                self.tokenizer, prefix, suffix, self.layout, language=language, path=path
-            ).ids
-            sampler_config = self._sampler_config(options, prefix)
-            torch.manual_seed(zlib.crc32(str(prompt).encode()))
-            cache, reused = self._take_prompt_cache(cache_key, prompt)
-            seeded = 0 if seed is None else seed.committed_within(options.canvas_length)
-            rows = [prompt[reused:]] * options.candidates  # (candidates, new prompt tokens)
-            input_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
-            processors = LogitsProcessorList()
-            if piece:
-                special = set(self.tokenizer.all_special_ids)
-                texts = self._token_texts()
-                allowed = [i for i, t in enumerate(texts) if t.startswith(piece) and i not in special]
-                processors.append(StartsWith(allowed, active=lambda: not monitor.finished_canvases))
-            if options.candidates > 1:
-                processors.append(DistinctStarts([*self.end_ids, *self.tokenizer.all_special_ids]))
-            start = {}
-            if seed is not None:  # generate() takes a caller's first canvas as decoder_input_ids
-                start["decoder_input_ids"] = self._seed_canvas(seed, options.canvas_length)
-            view = self._view(options.canvas_length)
-            budget_exhausted = False
-            try:
-                view.generate(
-                    input_ids,
-                    cache=cache,
-                    max_new_tokens=options.canvas_length * options.max_canvases,
-                    max_denoising_steps=steps,
-                    sampler_config=sampler_config,
-                    logits_processor=processors,
-                    streamer=monitor,
-                    **start,
-                )
-            except _BudgetSpent:
-                budget_exhausted = True
-            finally:
-                self._keep_prompt_cache(cache_key, prompt, cache)
-                self._keep_draft(drafts_key, prefix, suffix, monitor, view)
-                self.totals.update(
-                    modelCalls=1,
-                    forwardPasses=monitor.forward_passes,
-                    promptTokens=len(prompt),
-                    reusedPromptTokens=reused,
-                    warmStarts=int(seeded > 0),
-                    seededTokens=seeded,
-                )
-            pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
-            generated = torch.cat(pieces, dim=-1).tolist() if pieces else [[]]  # (candidates, tokens)
-            sampler = getattr(view, "_generation_sampler", None)
-            if isinstance(sampler, CodeSampler) and sampler.line_stop is not None and sampler.line_cut:
-                # past the first line the canvas holds padding, and the draft the model's unused guesses
-                cuts = sampler.line_cut
-                generated = [
-                    row if cut is None else row[:cut] for row, cut in zip(generated, cuts, strict=True)
-                ]
-            rows = [self._cut_at_end(row) for row in generated]
-            generated = generated[0]
-            # from the cursor on: a healed row starts with the piece the editor already has
-            texts = [
-                text[len(piece) :] if text.startswith(piece) else ""
-                for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-            ]
+            request = self._prepare(prefix, suffix, options, cache_key, language, path, monitor)
+            budget_exhausted = self._generate(request, options, monitor)
+            rows, texts = self._collect(request, monitor)
             copied = False
-            rivals = [r for r in dict.fromkeys(rivals) if r.strip() and r.rstrip() != texts[0].rstrip()]
-            # a mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask)
-            if rivals and not budget_exhausted and self.model.mask_token_id is not None:
-                contenders = [piece + text for text in [texts[0], *rivals]]
-                scores = self._likelihoods(cache, len(prompt), contenders, options.canvas_length)
-                if scores is not None:
-                    monitor.forward_passes += 1
-                    self.totals["forwardPasses"] += 1
-                    best = max(range(len(scores)), key=scores.__getitem__)  # the first on a tie: the model's
-                    if best > 0:
-                        texts.insert(0, rivals[best - 1])
-                        copied = True
+            if rivals and not budget_exhausted:
+                copied = self._contest(request, texts, rivals, options, monitor)
             elapsed = time.perf_counter() - started
             prefill = self._encoder_timer.total
         passes = monitor.forward_passes
+        canvas = request.canvas_tokens
         return InfillResult(
             text=texts[0],
             forward_passes=passes,
-            tokens_per_forward=(min(len(rows[0]) + 1, len(generated)) / passes) if passes else math.nan,
+            tokens_per_forward=(min(len(rows[0]) + 1, canvas) / passes) if passes else math.nan,
             prefill_ms=prefill * 1000,
             denoise_ms=(elapsed - prefill) * 1000,
             ms=elapsed * 1000,
-            prompt_tokens=len(prompt),
+            prompt_tokens=len(request.prompt),
             budget_exhausted=budget_exhausted,
             token_ids=rows[0],
-            reused_prompt_tokens=reused,
+            reused_prompt_tokens=request.reused,
             alternatives=texts[1:],
-            seeded_tokens=seeded,
+            seeded_tokens=request.seeded,
             copied=copied,
         )
+
+    def _prepare(
+        self,
+        prefix: str,
+        suffix: str,
+        options: DecodeOptions,
+        cache_key: str | None,
+        language: str,
+        path: str,
+        monitor: _StepMonitor,
+    ) -> _Request:
+        """The prompt, the cached encoder state it reuses, the warm start or the healing, the processors."""
+        if options.candidates > 1:
+            cache_key = None  # a batch's cache is not the document's batch-1 cache
+        seed = self._take_seed(cache_key, prefix, suffix)
+        # a warm start already holds the model's own tokens from the cursor on: no healing then;
+        # otherwise the canvas writes the piece again, whole, and starts before the cursor
+        piece = self._heal_piece(prefix, suffix) if options.heal and seed is None else ""
+        prefix = prefix[: len(prefix) - len(piece)]
+        prompt = build_prompt(self.tokenizer, prefix, suffix, self.layout, language=language, path=path).ids
+        torch.manual_seed(zlib.crc32(str(prompt).encode()))
+        cache, reused = self._take_prompt_cache(cache_key, prompt)
+        processors = LogitsProcessorList()
+        if piece:
+            special = set(self.tokenizer.all_special_ids)
+            allowed = [
+                i for i, t in enumerate(self._token_texts()) if t.startswith(piece) and i not in special
+            ]
+            processors.append(StartsWith(allowed, active=lambda: not monitor.finished_canvases))
+        if options.candidates > 1:
+            processors.append(DistinctStarts([*self.end_ids, *self.tokenizer.all_special_ids]))
+        return _Request(
+            prefix=prefix,
+            suffix=suffix,
+            prompt=prompt,
+            piece=piece,
+            cache_key=cache_key,
+            drafts_key=None if piece else cache_key,  # a healed canvas cannot seed the next request
+            cache=cache,
+            reused=reused,
+            seed=seed,
+            seeded=0 if seed is None else seed.committed_within(options.canvas_length),
+            processors=processors,
+            view=self._view(options.canvas_length),
+            sampler_config=self._sampler_config(options, prefix),
+        )
+
+    def _generate(self, request: _Request, options: DecodeOptions, monitor: _StepMonitor) -> bool:
+        """transformers' ``generate()`` on the request; whether the latency budget cut it short."""
+        steps = options.canvas_length if options.mode == "sequential" else options.max_steps
+        rows = [request.prompt[request.reused :]] * options.candidates  # (candidates, new prompt tokens)
+        start = {}
+        if request.seed is not None:  # generate() takes a caller's first canvas as decoder_input_ids
+            start["decoder_input_ids"] = self._seed_canvas(request.seed, options.canvas_length)
+        try:
+            request.view.generate(
+                torch.tensor(rows, dtype=torch.long, device=self.loaded.device),
+                cache=request.cache,
+                max_new_tokens=options.canvas_length * options.max_canvases,
+                max_denoising_steps=steps,
+                sampler_config=request.sampler_config,
+                logits_processor=request.processors,
+                streamer=monitor,
+                **start,
+            )
+            return False
+        except _BudgetSpent:
+            return True
+        finally:
+            self._keep_prompt_cache(request.cache_key, request.prompt, request.cache)
+            self._keep_draft(request, monitor)
+            self.totals.update(
+                modelCalls=1,
+                forwardPasses=monitor.forward_passes,
+                promptTokens=len(request.prompt),
+                reusedPromptTokens=request.reused,
+                warmStarts=int(request.seeded > 0),
+                seededTokens=request.seeded,
+            )
+
+    def _collect(self, request: _Request, monitor: _StepMonitor) -> tuple[list[list[int]], list[str]]:
+        """Each row's tokens up to its end, and its text from the cursor on."""
+        pieces = [*monitor.finished_canvases, *([monitor.draft] if monitor.draft is not None else [])]
+        generated = torch.cat(pieces, dim=-1).tolist() if pieces else [[]]  # (candidates, tokens)
+        request.canvas_tokens = len(generated[0])
+        sampler = request.view.last_sampler
+        if isinstance(sampler, CodeSampler) and sampler.line_stop is not None and sampler.line_cut:
+            # past the first line the canvas holds padding, and the draft the model's unused guesses
+            generated = [
+                row if cut is None else row[:cut]
+                for row, cut in zip(generated, sampler.line_cut, strict=True)
+            ]
+        rows = [self._cut_at_end(row) for row in generated]
+        piece = request.piece
+        # from the cursor on: a healed row starts with the piece the editor already has
+        texts = [
+            text[len(piece) :] if text.startswith(piece) else ""
+            for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        ]
+        return rows, texts
+
+    def _contest(
+        self,
+        request: _Request,
+        texts: list[str],
+        rivals: Sequence[str],
+        options: DecodeOptions,
+        monitor: _StepMonitor,
+    ) -> bool:
+        """Put the most likely of the model's text and the ``rivals`` first in ``texts``; whether a rival won.
+
+        A mask-noise model only: the pseudo-likelihood masks positions (uniform noise has no mask).
+        """
+        rivals = [r for r in dict.fromkeys(rivals) if r.strip() and r.rstrip() != texts[0].rstrip()]
+        if not rivals or self.model.mask_token_id is None:
+            return False
+        contenders = [request.piece + text for text in [texts[0], *rivals]]
+        scores = self._likelihoods(request.cache, len(request.prompt), contenders, options.canvas_length)
+        if scores is None:
+            return False
+        monitor.forward_passes += 1
+        self.totals["forwardPasses"] += 1
+        best = max(range(len(scores)), key=scores.__getitem__)  # the first on a tie: the model's
+        if best == 0:
+            return False
+        texts.insert(0, rivals[best - 1])
+        return True
 
     @torch.no_grad()
     def _likelihoods(
@@ -465,6 +542,20 @@ class Engine:
             scores[n] = fmean(float(log_p[2 * row + i % 2, i, token]) for i, token in enumerate(encoded[n]))
         return scores
 
+    def describe(self, settings_canvas: int | None = None) -> str:
+        """One line for the log: what is served, how, and how much memory it holds."""
+        from diffgemma_ls.engine.quantize import describe_model
+
+        report = describe_model(self.model)
+        return (
+            f"{self.loaded.path} on {self.loaded.device}: "
+            f"{', '.join(f'{k} {v:,}' for k, v in report.params_by_dtype.items())}, quantization "
+            f"{self.loaded.quantization}, {report.footprint_bytes / 1e6:.1f} MB resident, "
+            f"{100 * report.quantized_fraction:.0f}% of text weights quantized, "
+            f"noise {self.model.noise_kind}, prompt {self.layout.format}, "
+            f"canvas {settings_canvas or self.defaults.canvas_length}"
+        )
+
     def warm_up(self) -> None:
         """One tiny request, so the first real one does not pay torch's lazy initialization (~seconds)."""
         self.infill("", "", DecodeOptions(mode="fixed", max_steps=1))
@@ -472,14 +563,36 @@ class Engine:
             self.totals[key] = 0
 
     def forget(self, cache_key: str) -> None:
-        """Drop a document's cached prompt (the document was closed)."""
+        """Drop a document's cached prompt and canvas (the document was closed)."""
         with self._lock:
-            self._prompt_cache.pop(cache_key, None)
-            self._drafts.pop(cache_key, None)
+            self._documents.pop(cache_key, None)
+
+    @property
+    def cached_documents(self) -> int:
+        """Documents whose encoder cache is kept (for ``diffgemma/debugState``)."""
+        return sum(state.prompt is not None for state in self._documents.values())
+
+    def cache_keys(self) -> list[str]:
+        """Keys with a kept encoder cache, least recently used first."""
+        return [key for key, state in self._documents.items() if state.prompt is not None]
+
+    def has_draft(self, key: str) -> bool:
+        return (state := self._documents.get(key)) is not None and state.draft is not None
+
+    def _state(self, key: str) -> _DocumentState:
+        """The document's kept state, most recently used now; the least recent past ``prompt_caches`` go."""
+        state = self._documents.setdefault(key, _DocumentState())
+        self._documents.move_to_end(key)
+        while len(self._documents) > self.prompt_caches:
+            self._documents.popitem(last=False)
+        return state
 
     def _take_prompt_cache(self, key: str | None, prompt: list[int]) -> tuple[DynamicCache, int]:
         """A cache holding the longest reusable prefix of ``prompt``, and its length."""
-        entry = self._prompt_cache.pop(key, None) if key is not None else None
+        state = self._documents.get(key) if key is not None else None
+        entry = state.prompt if state is not None else None
+        if state is not None:
+            state.prompt = None  # in use: back once the request is done (``_keep_prompt_cache``)
         if entry is not None:
             # keep one token to encode: generate() needs a non-empty input
             common = min(_common_prefix(entry.ids, prompt), len(prompt) - 1)
@@ -500,9 +613,7 @@ class Engine:
             cache.crop(length - cache.get_seq_length())
         except (RuntimeError, ValueError):
             return
-        self._prompt_cache[key] = _PromptCache(prompt[:length], cache)
-        while len(self._prompt_cache) > self.prompt_caches:
-            self._prompt_cache.popitem(last=False)
+        self._state(key).prompt = _PromptCache(prompt[:length], cache)
 
     def continues(self, cache_key: str, prefix: str, suffix: str) -> bool:
         """Whether a request at (``prefix``, ``suffix``) would start from the document's last canvas.
@@ -515,7 +626,8 @@ class Engine:
 
     def _take_seed(self, key: str | None, prefix: str, suffix: str) -> Seed | None:
         """What is still valid of the document's previous first canvas, as this request's start."""
-        draft = self._drafts.get(key) if key is not None and self.warm_start else None
+        state = self._documents.get(key) if key is not None and self.warm_start else None
+        draft = state.draft if state is not None else None
         if draft is None:
             return None
         return seed_from(
@@ -539,13 +651,11 @@ class Engine:
                 canvas[0, i] = token
         return canvas.to(self.loaded.device)
 
-    def _keep_draft(
-        self, key: str | None, prefix: str, suffix: str, monitor: _StepMonitor, view: CodeDiffusionGemma
-    ) -> None:
+    def _keep_draft(self, request: _Request, monitor: _StepMonitor) -> None:
         """Keep the first canvas of a batch-1 request, finished or not, for the next warm start."""
-        if key is None or not self.warm_start or self.prompt_caches <= 0:
+        if request.drafts_key is None or not self.warm_start or self.prompt_caches <= 0:
             return
-        sampler = getattr(view, "_generation_sampler", None)
+        sampler = request.view.last_sampler
         if monitor.finished_canvases:
             tokens = monitor.finished_canvases[0][0].tolist()
             committed = [True] * len(tokens)
@@ -559,10 +669,8 @@ class Engine:
         cut = sampler.line_cut[0] if isinstance(sampler, CodeSampler) and sampler.line_cut else None
         if cut is not None:  # line mode padded the rest: open again, for the model to decide next time
             committed = [*committed[:cut], *[False] * (len(committed) - cut)]
-        self._drafts[key] = Draft(prefix, suffix, tuple(tokens), tuple(committed))
-        self._drafts.move_to_end(key)
-        while len(self._drafts) > self.prompt_caches:
-            self._drafts.popitem(last=False)
+        draft = Draft(request.prefix, request.suffix, tuple(tokens), tuple(committed))
+        self._state(request.drafts_key).draft = draft
 
     def _cut_at_end(self, ids: list[int]) -> list[int]:
         for i, tid in enumerate(ids):

@@ -53,6 +53,8 @@ def minimal_vision_config() -> Gemma4VisionConfig:
 class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
     """DiffusionGemma whose sampler matches the noise it was trained with (see module docstring)."""
 
+    last_sampler: EntropyBoundSampler | None = None  # the sampler of the latest generate() call
+
     @property
     def noise_kind(self) -> str:
         kind = getattr(self.config, "noise_kind", "uniform")
@@ -94,13 +96,14 @@ class CodeDiffusionGemma(DiffusionGemmaForBlockDiffusion):
                 pad_token_id=generation_config.pad_token_id,
                 eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
             )
-        # generate() builds the stop rule right after the sampler; the rule needs to see this sampler
-        self._generation_sampler = sampler
+        # generate() builds the stop rule right after the sampler, and the engine reads the sampler's
+        # final state (committed tokens, line cut) after generate() returns, under its lock
+        self.last_sampler = sampler
         return sampler
 
     def _prepare_diffusion_stopping_criteria(self, generation_config: DiffusionGemmaGenerationConfig):
         base = super()._prepare_diffusion_stopping_criteria(generation_config)
-        sampler = getattr(self, "_generation_sampler", None)
+        sampler = self.last_sampler
         if not isinstance(sampler, CodeSampler):
             line_stop = getattr(generation_config.sampler_config, "line_stop", None)
             if line_stop is None:
