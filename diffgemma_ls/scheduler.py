@@ -27,24 +27,28 @@ class ModelScheduler:
         self._queued = 0  # submitted, not started: what debugState calls the model queue
         self._lock = threading.Lock()
 
-    def _counted(self, job: Callable[..., T]) -> Callable[..., T]:
-        with self._lock:
-            self._queued += 1
+    def submit(self, job: Callable[..., T], *args: object) -> Future[T]:
+        """Queue ``job(*args)``; counted as queued until it starts or is cancelled unstarted."""
 
-        def started(*args: object) -> T:
+        def started() -> T:
             with self._lock:
                 self._queued -= 1
             return job(*args)
 
-        return started
+        def done(future: Future[T]) -> None:
+            if future.cancelled():  # never started: ``started`` did not count it out
+                with self._lock:
+                    self._queued -= 1
+
+        with self._lock:
+            self._queued += 1
+        future = self._executor.submit(started)
+        future.add_done_callback(done)
+        return future
 
     async def call(self, job: Callable[..., T], *args: object) -> T:
-        """Run ``job(*args)`` on the model thread (loading, warming up): not cancellable."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._counted(job), *args)
-
-    def submit(self, job: Callable[..., object], *args: object) -> Future:
-        """Queue ``job(*args)`` without waiting (forgetting a closed document's caches)."""
-        return self._executor.submit(self._counted(job), *args)
+        """Run ``job(*args)`` on the model thread and wait for it (loading, warming up, a request)."""
+        return await asyncio.wrap_future(self.submit(job, *args))
 
     async def run(self, key: str, job: Callable[[Callable[[], bool]], T]) -> T:
         """Run ``job(cancelled)`` as the in-flight request ``key``, superseding the previous one.
