@@ -27,22 +27,10 @@ from diffgemma_ls.config import (
 )
 from diffgemma_ls.exit_codes import EXIT_MODEL, EXIT_OK, EXIT_USAGE
 from diffgemma_ls.fill import fill_target, trim_selection
+from diffgemma_ls.languages import language_for
 
 if TYPE_CHECKING:
     from diffgemma_ls.completion import Outcome
-
-LANGUAGE_BY_EXTENSION = {
-    ".py": "python",
-    ".pyi": "python",
-    ".js": "javascript",
-    ".mjs": "javascript",
-    ".cjs": "javascript",
-    ".jsx": "javascriptreact",
-    ".ts": "typescript",
-    ".tsx": "typescriptreact",
-    ".go": "go",
-    ".rs": "rust",
-}
 
 
 def _model_flags(skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
@@ -177,7 +165,7 @@ def serve(args: argparse.Namespace) -> int:
 def _load_engine(args: argparse.Namespace):
     """The engine for a one-shot command, or None after printing why the model cannot load."""
     from diffgemma_ls.completion import load_engine
-    from diffgemma_ls.engine.loader import ModelLoadError
+    from diffgemma_ls.engine.kinds import ModelLoadError
 
     try:
         return load_engine(_settings(args))
@@ -224,7 +212,7 @@ def infill(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        language = args.language or LANGUAGE_BY_EXTENSION.get(args.file.suffix.lower(), "python")
+        language = args.language or language_for(str(args.file)) or "python"
     engine = _load_engine(args)
     if engine is None:
         return EXIT_MODEL
@@ -261,7 +249,7 @@ def fill(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"diffgemma-ls fill: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    language = args.language or LANGUAGE_BY_EXTENSION.get(args.file.suffix.lower(), "python")
+    language = args.language or language_for(str(args.file)) or "python"
     region = _fill_region(text, args, language)
     if isinstance(region, str):
         print(f"diffgemma-ls fill: {region}", file=sys.stderr)

@@ -16,7 +16,7 @@ import os
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Literal
 
-from diffgemma_ls.engine.loader import DEVICES, QUANTIZE_MODES
+from diffgemma_ls.engine.kinds import DEVICES, QUANTIZE_MODES
 from diffgemma_ls.prompt import PROMPT_FORMATS
 
 SECTION = "diffgemma"
@@ -291,6 +291,8 @@ def settings_table() -> str:
             continue
         default = option.default
         shown = "from the checkpoint" if option.nullable and default is None else f"`{default!r}`"
+        if option.kind == "list":
+            shown = "`[]`"
         if option.field == "model":
             shown = "the shipped code model"
         flag = f"`{option.flag}`" if option.flag else ""

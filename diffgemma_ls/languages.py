@@ -26,17 +26,18 @@ _GRAMMAR_BY_LANGUAGE_ID = {
     "rust": "rust",
 }
 
-_GRAMMAR_BY_EXTENSION = {
+# File extension -> LSP languageId (the CLI's language for a file; the grammar for a URI without one).
+LANGUAGE_BY_EXTENSION = {
     ".py": "python",
     ".pyi": "python",
     ".js": "javascript",
     ".mjs": "javascript",
     ".cjs": "javascript",
-    ".jsx": "javascript",
+    ".jsx": "javascriptreact",
     ".ts": "typescript",
     ".mts": "typescript",
     ".cts": "typescript",
-    ".tsx": "tsx",
+    ".tsx": "typescriptreact",
     ".go": "go",
     ".rs": "rust",
 }
@@ -63,9 +64,14 @@ def grammar_name(language_id: str, uri: str = "") -> str | None:
     """Grammar for an LSP ``languageId`` (or a grammar name), else for the URI's extension."""
     grammar = _GRAMMAR_BY_LANGUAGE_ID.get(language_id) or (language_id if language_id in GRAMMARS else None)
     if grammar is None and uri:
-        path = unquote(urlparse(uri).path) if "://" in uri else uri
-        grammar = _GRAMMAR_BY_EXTENSION.get(PurePosixPath(path).suffix.lower())
+        grammar = _GRAMMAR_BY_LANGUAGE_ID.get(language_for(uri) or "")
     return grammar
+
+
+def language_for(path: str) -> str | None:
+    """The LSP languageId of a file path or URI, from its extension."""
+    path = unquote(urlparse(path).path) if "://" in path else path
+    return LANGUAGE_BY_EXTENSION.get(PurePosixPath(path).suffix.lower())
 
 
 @cache

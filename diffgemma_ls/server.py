@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import (
@@ -34,10 +34,9 @@ from pygls.exceptions import (
 from pygls.lsp.server import LanguageServer
 
 from diffgemma_ls import __version__
-from diffgemma_ls.completion import load_engine
 from diffgemma_ls.config import SECTION, Settings, merge_client_settings
 from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
-from diffgemma_ls.engine.loader import ModelLoadError
+from diffgemma_ls.engine.kinds import ModelLoadError
 from diffgemma_ls.fill import fill_target
 from diffgemma_ls.languages import served_languages
 from diffgemma_ls.pace import TypingPace
@@ -45,6 +44,9 @@ from diffgemma_ls.protocol import Protocol, ResyncingStdin, valid_text
 from diffgemma_ls.scheduler import ModelScheduler
 from diffgemma_ls.service import Answer, CompletionService, Serving, Superseded
 from diffgemma_ls.typeahead import TypeAhead
+
+if TYPE_CHECKING:
+    from diffgemma_ls.engine.infill import Engine
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +171,7 @@ class DiffgemmaServer(LanguageServer):
             except Exception:  # a client that refuses progress still gets the model
                 progress = False
         try:
-            engine = await self.scheduler.call(load_engine, settings)
+            engine = await self.scheduler.call(_load_engine, settings)
             if progress:
                 self.work_done_progress.report(token, types.WorkDoneProgressReport(message="warming up"))
             await self.scheduler.call(engine.warm_up)
@@ -229,6 +231,13 @@ class DiffgemmaServer(LanguageServer):
             text = self.documents.get(uri).text
             state["textSha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         return state
+
+
+def _load_engine(settings: Settings) -> Engine:
+    """On the model thread: torch and transformers are imported here, not before ``initialize``."""
+    from diffgemma_ls.completion import load_engine
+
+    return load_engine(settings)
 
 
 def _client_settings(options: Any) -> Any:

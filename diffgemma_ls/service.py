@@ -19,16 +19,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from diffgemma_ls.completion import CompletionRequest, Outcome, choose_fill, plan, plan_fill, run
 from diffgemma_ls.config import Settings
 from diffgemma_ls.documents import DocumentStore
-from diffgemma_ls.engine.infill import Cancelled, Engine
+from diffgemma_ls.engine.kinds import Cancelled
 from diffgemma_ls.fill import trim_selection
 from diffgemma_ls.pace import TypingPace
-from diffgemma_ls.postprocess import Completion
 from diffgemma_ls.scheduler import ModelScheduler
 from diffgemma_ls.typeahead import TypeAhead
+
+if TYPE_CHECKING:  # imported once a model is loaded (torch): ``initialize`` does not wait for them
+    from diffgemma_ls.completion import CompletionRequest, Outcome
+    from diffgemma_ls.engine.infill import Engine
+    from diffgemma_ls.postprocess import Completion
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,8 @@ class CompletionService:
                 "prefetch" if ahead.prefetched else "typing-ahead cache",
             )
             return [Answer(ahead.completion, text, offset)]
+        from diffgemma_ls.completion import plan
+
         candidates = settings.candidates if invoked else 1
         request = plan(
             text, offset, doc.language_id, settings, serving.engine, invoked=invoked, candidates=candidates
@@ -156,6 +162,8 @@ class CompletionService:
         offset = self.typeahead.accepted_at(uri, doc.text)
         if offset is None or not serving.enabled(doc.language_id):
             return
+        from diffgemma_ls.completion import plan
+
         self.typeahead.forget(uri)
         request = plan(doc.text, offset, doc.language_id, settings, serving.engine)
         if request is None:
@@ -200,6 +208,8 @@ class CompletionService:
         Raises ``Superseded`` when superseded or cancelled; ``None`` when the run crashed (the
         user is told once per kind of error).
         """
+        from diffgemma_ls.completion import run
+
         engine = self.serving.engine
         assert engine is not None
 
@@ -228,6 +238,8 @@ class CompletionService:
         doc = self.documents.get(uri)
         if serving.engine is None or not serving.enabled(doc.language_id):
             return None
+        from diffgemma_ls.completion import choose_fill, plan_fill
+
         text, version = doc.text, doc.version
         start, end = trim_selection(text, start, end)
         settings = serving.settings

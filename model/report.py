@@ -1,7 +1,7 @@
 """Model-card numbers from a training run: the held-out table and the learning-curve PNG.
 
 Reads ``model/work/runs/<name>/log.jsonl`` (written by ``model/train.py``), prints the markdown
-table of held-out evaluations and redraws ``model/learning_curve.png`` (the committed copy).
+table of held-out evaluations and draws ``model/learning_curve.png`` (not committed: it plots the run named).
 
     python -m model.report long
 """

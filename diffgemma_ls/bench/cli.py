@@ -21,8 +21,7 @@ from pathlib import Path
 
 from diffgemma_ls.bench.tasks import SUITES
 from diffgemma_ls.config import MAX_CANDIDATES, Settings
-from diffgemma_ls.engine.loader import QUANTIZE_MODES
-from diffgemma_ls.engine.sampling import DECODE_MODES
+from diffgemma_ls.engine.kinds import DECODE_MODES, QUANTIZE_MODES
 
 QUICK_LIMIT, FULL_LIMIT = 2, 30
 FULL_SWEEP = "0.5,1,3,30"  # --quick sweeps nothing: the frontier shows the three modes only

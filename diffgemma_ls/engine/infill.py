@@ -23,6 +23,7 @@ from statistics import fmean
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 
+from diffgemma_ls.engine.kinds import Cancelled
 from diffgemma_ls.engine.loader import LoadedModel
 from diffgemma_ls.engine.model import CodeDiffusionGemma
 from diffgemma_ls.engine.sampling import (
@@ -39,10 +40,6 @@ from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
 from diffgemma_ls.prompt import END_OF_TURN, PromptLayout, build_prompt, encode_text, prompt_layout
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """The request was cancelled (by the client or a newer request) between two denoising steps."""
 
 
 class _BudgetSpent(Exception):

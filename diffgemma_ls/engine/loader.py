@@ -10,24 +10,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, DiffusionGemmaConfig, PreTrainedTokenizerBase
 
+from diffgemma_ls.engine.kinds import DEVICES, QUANTIZE_MODES, ModelLoadError, Quantize
 from diffgemma_ls.engine.model import CodeDiffusionGemma
 from diffgemma_ls.engine.streaming import MissingWeights, StreamingLoader, TensorInfo, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-Quantize = Literal["auto", "none", "8bit", "4bit"]
-QUANTIZE_MODES: tuple[Quantize, ...] = ("auto", "none", "8bit", "4bit")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+__all__ = ["DEVICES", "QUANTIZE_MODES", "LoadedModel", "ModelLoadError", "load_model"]
 DEFAULT_MODEL = "default"
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message is meant for the user."""
 
 
 @dataclass

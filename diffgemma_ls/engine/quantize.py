@@ -48,12 +48,11 @@ The experts loop is data-dependent (like transformers' eager experts), so the qu
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import bitsandbytes as bnb
-import bitsandbytes.functional as bnbf
 import torch
 from torch import nn
 from transformers import DiffusionGemmaForBlockDiffusion
@@ -61,6 +60,9 @@ from transformers.models.diffusion_gemma.modeling_diffusion_gemma import (
     DiffusionGemmaTextExperts,
     DiffusionGemmaTextRouter,
 )
+
+if TYPE_CHECKING:
+    import bitsandbytes.functional as bnbf
 
 QuantMode = Literal["none", "8bit", "4bit"]
 QUANT_MODES: tuple[QuantMode, ...] = ("none", "8bit", "4bit")
@@ -70,6 +72,8 @@ NF4_BLOCKSIZE = 64
 
 def _quantize_matrix(weight: torch.Tensor, mode: QuantMode) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a 2-D weight on its own device; return (packed data, fp32 scales)."""
+    import bitsandbytes.functional as bnbf  # here, not at import: ~1 s that unquantized serving skips
+
     if mode == "4bit":
         data, state = bnbf.quantize_4bit(
             weight.contiguous(), blocksize=NF4_BLOCKSIZE, compress_statistics=False, quant_type="nf4"
@@ -85,6 +89,8 @@ def _dequantize_matrix(
     data: torch.Tensor, scale: torch.Tensor, shape: tuple[int, int], mode: QuantMode, dtype: torch.dtype
 ) -> torch.Tensor:
     """Inverse of :func:`_quantize_matrix`, straight into the compute dtype."""
+    import bitsandbytes.functional as bnbf
+
     # A later model.to(dtype) also casts the fp32 scales; the CUDA kernels read them as fp32.
     scale = scale.float()
     if mode == "4bit":
@@ -295,6 +301,16 @@ class _TextWeight:
     tensors: tuple[torch.Tensor, ...]
 
 
+class _NoSuchLayer(nn.Module):
+    """Stands for bitsandbytes' own layers while nothing has imported bitsandbytes: no module is one."""
+
+
+def _bnb_layers() -> tuple[type[nn.Module], type[nn.Module]]:
+    """``bnb.nn.Linear4bit`` and ``Linear8bitLt`` if loaded (a pre-quantized checkpoint loads them)."""
+    bnb = sys.modules.get("bitsandbytes")
+    return (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt) if bnb is not None else (_NoSuchLayer, _NoSuchLayer)
+
+
 def _quant_state_tensors(state: bnbf.QuantState | None) -> Iterator[torch.Tensor]:
     """The tensors a bitsandbytes 4-bit QuantState keeps outside the module's buffers."""
     if state is None:
@@ -307,9 +323,10 @@ def _quant_state_tensors(state: bnbf.QuantState | None) -> Iterator[torch.Tensor
 
 def _bnb_extra_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
     """Quantization state that bitsandbytes modules hide from ``named_buffers``."""
-    if isinstance(module, bnb.nn.Linear4bit):
+    linear4, linear8 = _bnb_layers()
+    if isinstance(module, linear4):
         yield from _quant_state_tensors(getattr(module.weight, "quant_state", None))
-    elif isinstance(module, bnb.nn.Linear8bitLt):
+    elif isinstance(module, linear8):
         for tensor in (getattr(module.weight, "SCB", None), module.state.SCB):
             if tensor is not None:
                 yield tensor
@@ -317,6 +334,7 @@ def _bnb_extra_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
 
 def _module_weights(module: nn.Module) -> Iterator[_TextWeight]:
     """The logical weights directly owned by ``module`` (not by its children)."""
+    linear4, linear8 = _bnb_layers()
     if isinstance(module, QuantizedLinear):
         yield _TextWeight(
             module.in_features * module.out_features, True, (module.weight_data, module.weight_scale)
@@ -325,13 +343,13 @@ def _module_weights(module: nn.Module) -> Iterator[_TextWeight]:
         for name, shape in (("gate_up_proj", module.gate_up_shape), ("down_proj", module.down_shape)):
             tensors = (getattr(module, f"{name}_data"), getattr(module, f"{name}_scale"))
             yield _TextWeight(module.num_experts * math.prod(shape), True, tensors)
-    elif isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight, "quant_state", None) is not None:
+    elif isinstance(module, linear4) and getattr(module.weight, "quant_state", None) is not None:
         elements = math.prod(module.weight.quant_state.shape)
         yield _TextWeight(elements, True, (module.weight, *_bnb_extra_tensors(module)))
-    elif isinstance(module, bnb.nn.Linear8bitLt) and module.weight.dtype == torch.int8:
+    elif isinstance(module, linear8) and module.weight.dtype == torch.int8:
         yield _TextWeight(module.weight.numel(), True, (module.weight, *_bnb_extra_tensors(module)))
     for name, param in module.named_parameters(recurse=False):
-        if not (name == "weight" and isinstance(module, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt)):
+        if not (name == "weight" and isinstance(module, linear4 | linear8)):
             yield _TextWeight(param.numel(), False, (param,))
 
 
@@ -354,13 +372,14 @@ def _all_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
 
 
 def _quantization_label(model: nn.Module) -> str:
+    linear4, linear8 = _bnb_layers()
     labels = set()
     for module in model.modules():
         if isinstance(module, QuantizedLinear | QuantizedExperts):
             labels.add(module.mode)
-        elif isinstance(module, bnb.nn.Linear4bit):
+        elif isinstance(module, linear4):
             labels.add("bnb-4bit")
-        elif isinstance(module, bnb.nn.Linear8bitLt):
+        elif isinstance(module, linear8):
             labels.add("bnb-8bit")
     return "+".join(sorted(labels)) or "none"
 

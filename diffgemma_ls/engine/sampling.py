@@ -36,7 +36,6 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
@@ -46,8 +45,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
-DecodeMode = Literal["adaptive", "fixed", "sequential"]
-DECODE_MODES: tuple[DecodeMode, ...] = ("adaptive", "fixed", "sequential")
+from diffgemma_ls.engine.kinds import DECODE_MODES, DecodeMode
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,13 @@ LATENCY_BUDGET_MS = 120_000
 
 @pytest.fixture(scope="session")
 def editor_model_dir(constant_model_dir: Path) -> Path:
-    """The model the editors are tested with (switch to the shipped model here)."""
-    return constant_model_dir
+    """The model the editors are tested with: the constant model, whose answer is known to be visible.
+
+    ``DIFFGEMMA_EDITOR_MODEL=model/default`` runs the same tests on the shipped model instead: that is
+    how ``editors/vscode/screenshot.png`` was taken (``editors/.deps/artifacts/vscode-e2e-ghost.png``).
+    """
+    chosen = os.environ.get("DIFFGEMMA_EDITOR_MODEL")
+    return Path(chosen).resolve() if chosen else constant_model_dir
 
 
 def missing_tool(reason: str) -> NoReturn:

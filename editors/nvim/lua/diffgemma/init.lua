@@ -11,8 +11,8 @@ M.defaults = {
   --- The server's `diffgemma` section: model, quantize, device, canvasLength, maxSteps,
   --- latencyBudgetMs, candidates, languages, threads (see the server's README).
   settings = {},
-  --- The filetypes the server is started for (it answers for its model's languages and
-  --- `settings.languages` only).
+  --- The filetypes the server is started for; once the model is loaded, the plugin leaves the
+  --- buffers whose language it does not complete (its `diffgemma/status` lists them).
   filetypes = { 'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact', 'go', 'rust' },
   --- Keys in the buffers the server is attached to; `false` for none, or a key `false`.
   --- Insert mode: `accept`, `next`, `prev`; when there is nothing to accept, `accept` does what the key
@@ -29,11 +29,33 @@ M.defaults = {
 --- The outcome of the last fill: `{ applied = boolean, error = string|nil }`; nil before the first.
 M.last_fill = nil
 
---- The server's last `diffgemma/status`: `{ state = 'loading'|'ready'|'error', model, lastLatencyMs, message }`.
+--- The server's last `diffgemma/status`: `{ state = 'loading'|'ready'|'error', model, lastLatencyMs,
+--- languages, message }` (`languages`: the language ids the loaded model completes).
 M.status = nil
 
-local function on_status(_, params)
+--- Whether the server completes `bufnr`'s filetype (unknown until the model is loaded: yes).
+local function served(bufnr)
+  local languages = M.status and M.status.languages
+  return type(languages) ~= 'table' or vim.tbl_contains(languages, vim.bo[bufnr].filetype)
+end
+
+--- Leave the buffers whose language the loaded model does not complete: no requests, no keymaps.
+local function detach_unserved(client_id)
+  local client = vim.lsp.get_client_by_id(client_id)
+  for bufnr in pairs(client and client.attached_buffers or {}) do
+    if not served(bufnr) then
+      vim.lsp.buf_detach_client(bufnr, client_id)
+    end
+  end
+end
+
+local function on_status(_, params, ctx)
   M.status = params
+  if params.state == 'ready' then
+    vim.schedule(function()
+      detach_unserved(ctx.client_id)
+    end)
+  end
   vim.api.nvim_exec_autocmds('User', { pattern = 'DiffgemmaStatus', modeline = false, data = params })
 end
 
@@ -153,6 +175,12 @@ function M.setup(opts)
     settings = { diffgemma = section },
     handlers = { ['diffgemma/status'] = on_status },
     on_attach = function(client, bufnr)
+      if not served(bufnr) then
+        vim.schedule(function()
+          vim.lsp.buf_detach_client(bufnr, client.id)
+        end)
+        return
+      end
       vim.lsp.inline_completion.enable(true, { client_id = client.id })
       if keymaps then
         set_keymaps(keymaps, bufnr)
