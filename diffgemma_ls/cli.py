@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,6 +130,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if args.verbose < 2:
         for noisy in ("transformers", "pygls", "urllib3", "filelock", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # its optional hub kernels are never fetched here; the warning that says so is noise
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():  # a bar is for a person watching, not for a log or a pipe
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -242,7 +247,7 @@ def infill(args: argparse.Namespace) -> int:
 
 def fill(args: argparse.Namespace) -> int:
     """Print the replacement for a region, or say on stderr why there is none (the file is never written)."""
-    from diffgemma_ls.completion import choose_fill, plan_fill, run
+    from diffgemma_ls.completion import choose_fill_why, plan_fill, run
 
     try:
         text = args.file.read_text(encoding="utf-8", errors="surrogateescape")
@@ -261,11 +266,10 @@ def fill(args: argparse.Namespace) -> int:
     knobs = {"candidates": args.candidates, **_decode_settings(args)}
     request = plan_fill(text, start, end, language, _settings(args), engine, uri=str(args.file), **knobs)
     outcome = run(engine, request)
-    chosen = choose_fill(outcome, text, start, end, language, str(args.file))
+    chosen, why = choose_fill_why(outcome, text, start, end, language, str(args.file))
     if chosen is None:
         print(
-            f"diffgemma-ls fill: nothing to fill here: none of {args.candidates} candidate(s) is code that "
-            "changes the region and parses",
+            f"diffgemma-ls fill: nothing to fill here ({args.candidates} candidate(s)): {why}",
             file=sys.stderr,
         )
         return EXIT_OK

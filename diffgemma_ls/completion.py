@@ -18,7 +18,7 @@ from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult, ServingDefaults
 from diffgemma_ls.engine.loader import ModelLoadError, load_model
-from diffgemma_ls.fill import breaks_syntax, has_code
+from diffgemma_ls.fill import breaks_syntax, discards_working_code, has_code
 from diffgemma_ls.nearest_line import nearest_line_completion
 from diffgemma_ls.postprocess import Completion, postprocess
 from diffgemma_ls.prompt import encode_text
@@ -105,7 +105,7 @@ def decode_options(
         entropy_bound=entropy_bound,
         candidates=candidates,
         first_line_only=mode == "line",
-        heal=True,  # a cursor inside a word: README "How it works", token healing
+        heal=True,  # a cursor inside a word: token healing (docs/decisions.md)
     )
 
 
@@ -132,7 +132,7 @@ def plan(
     ``settings.typing_max_steps`` passes per canvas and an explicit one ``settings.max_steps``.
     With ``copy_rival``, an explicit request's answer competes with the nearest matching line of
     the document (``nearest_line``); the bench turns it off to measure the model alone. As you
-    type it is off: its scoring pass costs the keystroke budget (README, "Keystroke replay").
+    type it is off: its scoring pass costs the keystroke budget (docs/benchmarks.md, keystroke replay).
     """
     started = time.perf_counter()
     tokenizer = engine.tokenizer
@@ -206,25 +206,47 @@ def plan_fill(
     )
     assert request is not None  # invoked=True always plans a completion
     options = dataclasses.replace(request.options, max_canvases=FILL_CANVASES)
-    return dataclasses.replace(request, options=options, rivals=())  # a body is not one copied line
+    # the code already there competes with the fill, judged by the model (``choose_fill_why``)
+    region = text[start:end]
+    rivals = (region,) if has_code(region, language_id, uri) else ()
+    return dataclasses.replace(request, options=options, rivals=rivals)
 
 
 def choose_fill(
     outcome: Outcome, text: str, start: int, end: int, language_id: str, uri: str = ""
 ) -> Completion | None:
-    """The fill to apply: the first candidate that is code, changes the region and keeps the syntax.
+    """The fill to apply, or ``None``: see ``choose_fill_why``."""
+    return choose_fill_why(outcome, text, start, end, language_id, uri)[0]
 
-    Candidates in order: the plain answer, then the batched alternatives. ``None`` when every one
-    is only comments or placeholders (``fill.has_code``), the region unchanged, or adds syntax
-    errors (``fill.breaks_syntax``): then the fill changes nothing.
+
+def choose_fill_why(
+    outcome: Outcome, text: str, start: int, end: int, language_id: str, uri: str = ""
+) -> tuple[Completion | None, str]:
+    """The fill to apply (the first candidate that is code, changes the region, keeps the syntax and
+    keeps working code), or ``None`` and why nothing changes.
+
+    Candidates in order: the plain answer, then the batched alternatives. Nothing changes when the
+    model finds the code already there more likely than its own (the region competed as a rival:
+    ``plan_fill``), when a candidate is only comments or placeholders (``fill.has_code``), leaves the
+    region as it is, adds syntax errors (``fill.breaks_syntax``), or throws away working code for a
+    trivial line (``fill.discards_working_code``).
     """
+    region = text[start:end]
+    if outcome.result is not None and outcome.result.copied:
+        return None, "the model finds the code already there more likely than any fill"
     first = [outcome.completion] if outcome.completion is not None else []
+    discarding = False
     for candidate in [*first, *outcome.alternatives]:
-        if candidate.text == text[start:end] or not has_code(candidate.text, language_id, uri):
+        if candidate.text == region or not has_code(candidate.text, language_id, uri):
+            continue
+        if discards_working_code(region, candidate.text, language_id, uri):
+            discarding = True
             continue
         if not breaks_syntax(text, start, end, candidate.text, language_id, uri):
-            return candidate
-    return None
+            return candidate, ""
+    if discarding:
+        return None, "every candidate that parses throws away the working code for a trivial line"
+    return None, "no candidate is code that changes the region and parses"
 
 
 def run(

@@ -113,6 +113,31 @@ def has_code(replacement: str, language_id: str, uri: str = "") -> bool:
     return any(not _is_placeholder(node) for node in root.named_children)
 
 
+# one statement that does nothing useful in place of a body
+_TRIVIAL = re.compile(
+    r"(return|return (None|\{\}|\[\]|\(\)|''|\"\"|0|-1|False|True|nil|null)|pass|\.\.\.|"
+    r"raise NotImplementedError(\(.*\))?|panic!?\(.*\)|todo!\(\)|unimplemented!\(\)|\{\}|;)[;]?"
+)
+
+
+def discards_working_code(original: str, replacement: str, language_id: str, uri: str = "") -> bool:
+    """Whether ``replacement`` throws away working code for one trivial line (``return``, ``pass``, ...).
+
+    A fill of a correct 6-line body came back as ``return None``: it parses, and the model found it
+    likely, but it deletes what the user wrote. Only code of two lines or more counts as working
+    code (an empty body, ``pass`` or a ``TODO`` line gets a real attempt); the replacement counts as
+    trivial when it is one line that does nothing, or one line a quarter of the code's length.
+    """
+    code = [line.strip() for line in original.splitlines() if line.strip()]
+    code = [line for line in code if not line.startswith(("#", "//", "/*", "*"))]
+    if len(code) < 2 or not has_code(original, language_id, uri):
+        return False
+    lines = [line.strip() for line in replacement.splitlines() if line.strip()]
+    if len(lines) != 1:
+        return False
+    return bool(_TRIVIAL.fullmatch(lines[0])) or len(lines[0]) < sum(map(len, code)) / 4
+
+
 def trim_selection(text: str, start: int, end: int) -> tuple[int, int]:
     """``[start, end)`` without the blank space at either end; unchanged if it is all blank.
 

@@ -387,11 +387,14 @@ def code_action(ls: DiffgemmaServer, params: types.CodeActionParams) -> list[typ
 
 
 async def _fill_edit(ls: DiffgemmaServer, uri: str, start: int, end: int) -> types.WorkspaceEdit | None:
+    """The fill's edit, or ``None`` after telling the user why nothing changes (the user asked for it)."""
     try:
-        filled = await ls.service.fill(uri, start, end)
+        filled, why = await ls.service.fill(uri, start, end)
     except Superseded as exc:
         raise JsonRpcRequestCancelled(str(exc)) from None
     if filled is None:
+        message = f"diffgemma-ls: the fill changes nothing: {why}"
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=message))
         return None
     start, end, text = filled
     return types.WorkspaceEdit(

@@ -227,18 +227,20 @@ class CompletionService:
         log.info("%s %s", "fill" if key.endswith(FILL_KEY) else "completion", outcome.timing_line())
         return outcome
 
-    async def fill(self, uri: str, start: int, end: int) -> tuple[int, int, str] | None:
-        """Regenerate ``[start, end)``: the (start, end, text) to apply, ``None`` when nothing fits.
+    async def fill(self, uri: str, start: int, end: int) -> tuple[tuple[int, int, str] | None, str]:
+        """Regenerate ``[start, end)``: the (start, end, text) to apply, or ``None`` and why not.
 
         ``None`` too when the document changed meanwhile: the range no longer means what it meant.
         """
         serving = self.serving
         if uri not in self.documents:
-            return None
+            return None, "the document is not open"
         doc = self.documents.get(uri)
-        if serving.engine is None or not serving.enabled(doc.language_id):
-            return None
-        from diffgemma_ls.completion import choose_fill, plan_fill
+        if serving.engine is None:
+            return None, "the model is not loaded"
+        if not serving.enabled(doc.language_id):
+            return None, f"the model does not complete {doc.language_id}"
+        from diffgemma_ls.completion import choose_fill_why, plan_fill
 
         text, version = doc.text, doc.version
         start, end = trim_selection(text, start, end)
@@ -256,14 +258,14 @@ class CompletionService:
         budget = FILL_BUDGET_FACTOR * settings.latency_budget_ms / 1000
         outcome = await self._run(uri + FILL_KEY, uri, request, time.monotonic() + budget)
         if outcome is None:
-            return None
-        chosen = choose_fill(outcome, text, start, end, doc.language_id, uri)
+            return None, "the model failed (see the log)"
+        chosen, why = choose_fill_why(outcome, text, start, end, doc.language_id, uri)
         if chosen is None:
-            log.info("fill of %s discarded: no candidate changes the region and parses", uri)
-            return None
+            log.info("fill of %s changes nothing: %s", uri, why)
+            return None, why
         if uri not in self.documents or self.documents.get(uri).version != version:
-            return None
-        return start, end, chosen.text
+            return None, "the document changed while the model worked"
+        return (start, end, chosen.text), ""
 
     def forget(self, uri: str) -> None:
         """A document closed: its requests, its caches (on the model thread, which owns them), its answers."""

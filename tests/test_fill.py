@@ -2,8 +2,8 @@
 
 import pytest
 
-from diffgemma_ls.completion import Outcome, choose_fill
-from diffgemma_ls.fill import breaks_syntax, fill_target, has_code, trim_selection
+from diffgemma_ls.completion import Outcome, choose_fill, choose_fill_why
+from diffgemma_ls.fill import breaks_syntax, discards_working_code, fill_target, has_code, trim_selection
 from diffgemma_ls.postprocess import Completion
 
 
@@ -111,3 +111,36 @@ def test_choose_fill_takes_the_first_that_parses(texts: tuple[str, ...], chosen:
 )
 def test_has_code(replacement: str, language: str, expected: bool) -> None:
     assert has_code(replacement, language) is expected
+
+
+BODY = "    found = []\n    for name in names:\n        found.append(name.strip())\n    return found\n"
+
+
+@pytest.mark.parametrize(
+    ("original", "replacement", "expected"),
+    [
+        (BODY, "    return", True),
+        (BODY, "    return None", True),
+        (BODY, "    pass", True),
+        (BODY, "    return []", True),
+        (BODY, "    x = 1", True),  # one short line for four of code
+        (BODY, "    return [name.strip() for name in names if name]", False),  # a real rewrite
+        (BODY, "    found = []\n    return found", False),  # more than one line: the model's call
+        ("    pass\n", "    return", False),  # a placeholder is no working code: a real attempt
+        ("    return x\n", "    return", False),  # one line: nothing much to lose
+        ("", "    return", False),  # an empty region
+        ("x = 1  # TODO compute\nprint(x)\n", "x = 2", True),
+    ],
+)
+def test_a_fill_does_not_throw_away_working_code(original: str, replacement: str, expected: bool) -> None:
+    assert discards_working_code(original, replacement, "python") is expected
+
+
+def test_choose_fill_keeps_working_code_and_says_why() -> None:
+    text = f"def clean(names):\n{BODY}\n\nprint(clean([' a ']))\n"
+    start, end = text.index("    found"), text.index("\n\n\n") + 1
+    choice, why = choose_fill_why(_outcome("    return", "    return None"), text, start, end, "python")
+    assert choice is None and "throws away the working code" in why
+    better = "    return [name.strip() for name in names]"
+    choice, why = choose_fill_why(_outcome("    return", better), text, start, end, "python")
+    assert choice is not None and choice.text == better and why == ""

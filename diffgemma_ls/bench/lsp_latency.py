@@ -3,7 +3,7 @@
 Each request opens one task's document and asks for an inline completion at its cursor
 (``Invoked``, so that every task gets a model call even where as-you-type requests get none),
 with ``candidates`` set to 1 so it costs what an as-you-type completion costs (an explicit
-request's alternatives are measured apart, see README "candidates"). Three clocks:
+request's alternatives are measured apart, see docs/benchmarks.md, candidates). Three clocks:
 
 - ``client``: request sent to response read, in this process (pygls' ``LanguageClient``): JSON-RPC
   over pipes, the server's document store, context, model and post-processing;

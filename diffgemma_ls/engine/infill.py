@@ -503,7 +503,7 @@ class Engine:
         sides, as the denoiser was trained to. Averaged over the text's tokens and its EOS, not
         summed: a sum prefers whatever is shortest (ranking the model's own batched candidates
         by the sum lost 2.7 points of edit similarity; the mean scored the rival 0.9 better than
-        the sum, README "Benchmarks"). Text ends are stripped of whitespace, as training middles
+        the sum, docs/benchmarks.md). Text ends are stripped of whitespace, as training middles
         end (a line without its line break). ``None`` when there is nothing to compare: the first
         text (the model's) spans canvases, or the cache cannot be cut back to the prompt (sliding
         layers past their window).

@@ -174,7 +174,7 @@ def load_model(
     torch_device = resolve_device(device)
     if quantize == "auto":
         # 4-bit where the real model lives; on CPU the small default model is faster unquantized
-        # (dequantizing costs 1.0-1.4x per forward) and only 20 MB in fp32 (README, Quantization)
+        # (dequantizing costs 1.0-1.4x per forward) and only 20 MB in fp32 (docs/decisions.md)
         quantize = "4bit" if torch_device.type == "cuda" else "none"
     path = resolve_model_path(model, allow_download)
     config = _check_architecture(path, trust_remote_code)
@@ -213,7 +213,7 @@ def load_model(
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {exc}") from exc
     if prequantized:
-        quantization = _quantization_label(config)
+        quantization = _prequantized_label(config)
         if quantize != "none":
             log.warning("%s is already quantized (%s); --quantize %s ignored", path, quantization, quantize)
     else:
@@ -222,7 +222,7 @@ def load_model(
     return LoadedModel(loaded, tokenizer, name, path, torch_device, quantization)
 
 
-def _quantization_label(config: DiffusionGemmaConfig) -> str:
+def _prequantized_label(config: DiffusionGemmaConfig) -> str:
     qc = config.quantization_config
     qc = qc if isinstance(qc, dict) else qc.to_dict()
     bits = "4bit" if qc.get("load_in_4bit") else "8bit" if qc.get("load_in_8bit") else ""
