@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     infill.add_argument("--mode", choices=("auto", "line", "block"), default="auto", help="completion size")
     infill.add_argument("--language", help="language id (default: from the file extension)")
     infill.add_argument(
+        "--workspace",
+        type=Path,
+        help="a folder whose other files the copy rival draws from too, as the server does for its workspace",
+    )
+    infill.add_argument(
         "--candidates",
         type=int,
         default=1,
@@ -218,6 +223,15 @@ def infill(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         language = args.language or language_for(str(args.file)) or "python"
+    workspace = None
+    if args.workspace is not None:
+        if not args.workspace.is_dir():
+            print(f"diffgemma-ls infill: --workspace {args.workspace} is not a folder", file=sys.stderr)
+            return EXIT_USAGE
+        from diffgemma_ls.workspace import Workspace
+
+        workspace = Workspace([args.workspace])
+        workspace.scan()
     engine = _load_engine(args)
     if engine is None:
         return EXIT_MODEL
@@ -231,6 +245,8 @@ def infill(args: argparse.Namespace) -> int:
             args.mode,
             settings,
             candidates=args.candidates,
+            workspace=workspace,
+            path=str(args.file),
             **_decode_settings(args),
         )
         if args.candidates > 1:
@@ -241,7 +257,7 @@ def infill(args: argparse.Namespace) -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        print(json.dumps(_jsonl_task(engine, line, settings, args)), flush=True)
+        print(json.dumps(_jsonl_task(engine, line, settings, args, workspace)), flush=True)
     return EXIT_OK
 
 
@@ -298,7 +314,7 @@ def _fill_region(text: str, args: argparse.Namespace, language: str) -> tuple[in
     return target
 
 
-def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace) -> dict:
+def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace, workspace=None) -> dict:
     from diffgemma_ls.completion import complete_text
 
     try:
@@ -307,15 +323,22 @@ def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace)
             raise ValueError("each line must be a JSON object")
         prefix, suffix = task.get("prefix"), task.get("suffix")
         language, mode = task.get("language", "python"), task.get("mode", "auto")
+        path = task.get("path", "")  # the task's file: a chat prompt names it, the workspace skips it
         if not isinstance(prefix, str) or not isinstance(suffix, str):
             raise ValueError('"prefix" and "suffix" must be strings')
-        if not isinstance(language, str) or mode not in ("auto", "line", "block"):
+        if (
+            not isinstance(language, str)
+            or not isinstance(path, str)
+            or mode not in ("auto", "line", "block")
+        ):
             raise ValueError('"language" must be a string and "mode" one of auto, line, block')
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         return {"error": str(exc)}
     started = time.perf_counter()
     knobs = {"candidates": args.candidates, **_decode_settings(args)}
-    outcome = complete_text(engine, prefix, suffix, language, mode, settings, **knobs)
+    outcome = complete_text(
+        engine, prefix, suffix, language, mode, settings, workspace=workspace, path=path, **knobs
+    )
     result = outcome.result
     alternatives = {"alternatives": _texts(outcome)[1:]} if args.candidates > 1 else {}
     return {

@@ -22,6 +22,7 @@ from diffgemma_ls.fill import breaks_syntax, discards_working_code, has_code
 from diffgemma_ls.nearest_line import nearest_line_completion
 from diffgemma_ls.postprocess import Completion, postprocess
 from diffgemma_ls.prompt import encode_text
+from diffgemma_ls.workspace import Workspace
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
 BLOCK_CANVASES = 3
@@ -124,6 +125,7 @@ def plan(
     entropy_bound: float | None = None,
     candidates: int = 1,
     copy_rival: bool = True,
+    workspace: Workspace | None = None,
 ) -> CompletionRequest | None:
     """Cut the context; ``None`` where no completion belongs (an explicit request still gets one).
 
@@ -131,7 +133,9 @@ def plan(
     explicit request). Without ``steps``, an as-you-type request (not ``invoked``) gets
     ``settings.typing_max_steps`` passes per canvas and an explicit one ``settings.max_steps``.
     With ``copy_rival``, an explicit request's answer competes with the nearest matching line of
-    the document (``nearest_line``); the bench turns it off to measure the model alone. As you
+    the document (``nearest_line``), and with ``workspace`` also with the best matching line of the
+    workspace's other files (``Workspace.nearest_line``); the bench turns it off to measure the
+    model alone. As you
     type it is off: its scoring pass costs the keystroke budget (docs/benchmarks.md, keystroke replay).
     """
     started = time.perf_counter()
@@ -157,10 +161,14 @@ def plan(
     options = decode_options(context.mode, settings, defaults, decode, steps, entropy_bound, candidates)
     # the whole document, not only the model's window: a copy needs no context budget
     # one rival: the nearest line measured best (three nearest distinct lines: 25.2% against 26.5%)
-    copied = (
-        nearest_line_completion(text[:offset] + context.lead, text[offset:]) if copy_rival and invoked else ""
-    )
-    rivals = (copied,) if copied else ()
+    rivals: tuple[str, ...] = ()
+    if copy_rival and invoked:
+        typed, rest = text[:offset] + context.lead, text[offset:]
+        copied = nearest_line_completion(typed, rest)
+        elsewhere = (
+            workspace.nearest_line(typed, rest, exclude=_path_of(uri)) if workspace is not None else ""
+        )
+        rivals = tuple(dict.fromkeys(r for r in (copied, elsewhere) if r))
     elapsed_ms = (time.perf_counter() - started) * 1000
     return CompletionRequest(context, options, elapsed_ms, rivals, language_id, _path_of(uri))
 
@@ -299,13 +307,16 @@ def complete_text(
     deadline: float | None = None,
     candidates: int | None = None,
     copy_rival: bool = True,
+    workspace: Workspace | None = None,
+    path: str = "",
 ) -> Outcome:
     """Complete between ``prefix`` and ``suffix`` as if the cursor sat there in one document.
 
     ``mode`` is a completion mode (``auto``, ``line``, ``block``) or ``fill``: what the server's
     "Fill with DiffusionGemma" does with a region cut out between ``prefix`` and ``suffix``, the
     chosen candidate included (``settings.candidates`` of them unless ``candidates`` is given).
-    A completion decodes ``candidates`` rows, one unless given; ``copy_rival`` as in ``plan``.
+    A completion decodes ``candidates`` rows, one unless given; ``copy_rival`` and ``workspace`` as
+    in ``plan``; ``path`` is the file's (a chat prompt names it; the workspace skips it).
     """
     if mode == "fill":
         text, at = prefix + suffix, len(prefix)
@@ -327,6 +338,8 @@ def complete_text(
         entropy_bound=entropy_bound,
         candidates=candidates or 1,
         copy_rival=copy_rival,
+        workspace=workspace,
+        uri=path,
     )
     assert request is not None  # invoked=True always plans a completion
     return run(engine, request, deadline=deadline)

@@ -42,6 +42,8 @@ class Settings:
     debounce_ms: int | Literal["auto"] = 0
     candidates: int = 3
     languages: tuple[str, ...] = ()
+    workspace_context: bool = True
+    workspace_max_files: int = 2000
     threads: int = 0  # 0: default_threads()
     allow_download: bool = False
     prompt_caches: int = 8
@@ -156,6 +158,19 @@ SCHEMA: tuple[Option, ...] = (
         bounds=(1, MAX_CANDIDATES),
     ),
     Option("languages", "list", "language ids to complete beyond the model's own", "languages"),
+    Option(
+        "workspace_context",
+        "bool",
+        "on an explicit request, the best matching line of the workspace's other files competes too",
+        "workspaceContext",
+    ),
+    Option(
+        "workspace_max_files",
+        "int",
+        "source files of the workspace folders kept for that (git-ignored ones never)",
+        "workspaceMaxFiles",
+        bounds=(0, 100_000),
+    ),
     Option(
         "threads", "int", "CPU threads for the model; 0: cores - 1", "threads", "--threads", bounds=(0, 512)
     ),
@@ -293,6 +308,8 @@ def settings_table() -> str:
         shown = "from the checkpoint" if option.nullable and default is None else f"`{default!r}`"
         if option.kind == "list":
             shown = "`[]`"
+        elif option.kind == "bool":
+            shown = f"`{str(default).lower()}`"
         if option.field == "model":
             shown = "the shipped code model"
         flag = f"`{option.flag}`" if option.flag else ""

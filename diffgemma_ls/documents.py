@@ -270,6 +270,9 @@ class DocumentStore:
         self._documents[uri] = document
         return document
 
+    def uris(self) -> list[str]:
+        return list(self._documents)
+
     def get(self, uri: str) -> Document:
         try:
             return self._documents[uri]

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
 from pygls.exceptions import (
@@ -44,6 +45,7 @@ from diffgemma_ls.protocol import Protocol, ResyncingStdin, valid_text
 from diffgemma_ls.scheduler import ModelScheduler
 from diffgemma_ls.service import Answer, CompletionService, Serving, Superseded
 from diffgemma_ls.typeahead import TypeAhead
+from diffgemma_ls.workspace import Workspace
 
 if TYPE_CHECKING:
     from diffgemma_ls.engine.infill import Engine
@@ -92,6 +94,7 @@ class DiffgemmaServer(LanguageServer):
         self._reported_errors: set[str] = set()
         self.pending_problems: list[str] = []
         self.client_has_inline_completion = True
+        self.folders: list[str] = []  # the workspace folders the client sent
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         super().start_io(ResyncingStdin(stdin or sys.stdin.buffer), stdout)
@@ -274,6 +277,13 @@ def _replaced(ls: DiffgemmaServer, answer: Answer, position: types.Position) -> 
 # -- handlers -----------------------------------------------------------------------------------
 
 
+def _folders(params: types.InitializeParams) -> list[str]:
+    """The workspace folders the client sent (file URIs only), else its root."""
+    uris = [folder.uri for folder in params.workspace_folders or []] or [params.root_uri or ""]
+    paths = [unquote(urlparse(uri).path) for uri in uris if uri.startswith("file://")]
+    return paths or ([params.root_path] if params.root_path else [])
+
+
 def initialize(ls: DiffgemmaServer, params: types.InitializeParams) -> None:
     ls.documents.encoding = _ENCODINGS.get(ls.workspace.position_encoding, "utf-16")
     text_caps = params.capabilities.text_document
@@ -284,6 +294,7 @@ def initialize(ls: DiffgemmaServer, params: types.InitializeParams) -> None:
     ls.settings, ls.pending_problems = merge_client_settings(
         ls.base_settings, _client_settings(params.initialization_options)
     )
+    ls.folders = _folders(params)
 
 
 async def initialized(ls: DiffgemmaServer, params: types.InitializedParams) -> None:
@@ -300,6 +311,13 @@ async def initialized(ls: DiffgemmaServer, params: types.InitializedParams) -> N
             log.warning("workspace/configuration failed; keeping initialization settings", exc_info=True)
     ls.service.serve(Serving(ls.settings))
     ls.start_model_load()
+    if ls.settings.workspace_context and ls.folders:
+        workspace = Workspace(ls.folders, ls.settings.workspace_max_files)
+        await asyncio.get_running_loop().run_in_executor(None, workspace.scan)  # not the model's thread
+        for uri in ls.documents.uris():  # what the editor holds is newer than the disk
+            workspace.update(unquote(urlparse(uri).path), ls.documents.get(uri).text)
+        ls.service.workspace = workspace
+        log.info("workspace: %d source files from %d folder(s)", len(workspace), len(ls.folders))
 
 
 async def did_change_configuration(ls: DiffgemmaServer, params: types.DidChangeConfigurationParams) -> None:
@@ -313,6 +331,17 @@ async def did_change_configuration(ls: DiffgemmaServer, params: types.DidChangeC
 def did_open(ls: DiffgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
     doc = params.text_document
     ls.documents.open(doc.uri, valid_text(doc.text), doc.language_id, doc.version)
+    _index(ls, doc.uri)
+
+
+def did_save(ls: DiffgemmaServer, params: types.DidSaveTextDocumentParams) -> None:
+    _index(ls, params.text_document.uri)
+
+
+def _index(ls: DiffgemmaServer, uri: str) -> None:
+    """The workspace's copy of an opened or saved document: not on every keystroke."""
+    if ls.service.workspace is not None and uri.startswith("file://") and uri in ls.documents:
+        ls.service.workspace.update(unquote(urlparse(uri).path), ls.documents.get(uri).text)
 
 
 def did_change(ls: DiffgemmaServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -448,6 +477,7 @@ FEATURES: tuple[tuple[str, Any, Any], ...] = (
     (types.TEXT_DOCUMENT_DID_OPEN, None, did_open),
     (types.TEXT_DOCUMENT_DID_CHANGE, None, did_change),
     (types.TEXT_DOCUMENT_DID_CLOSE, None, did_close),
+    (types.TEXT_DOCUMENT_DID_SAVE, None, did_save),
     (types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions(), inline_completion),
     (
         types.TEXT_DOCUMENT_CODE_ACTION,

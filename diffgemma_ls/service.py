@@ -28,6 +28,7 @@ from diffgemma_ls.fill import trim_selection
 from diffgemma_ls.pace import TypingPace
 from diffgemma_ls.scheduler import ModelScheduler
 from diffgemma_ls.typeahead import TypeAhead
+from diffgemma_ls.workspace import Workspace
 
 if TYPE_CHECKING:  # imported once a model is loaded (torch): ``initialize`` does not wait for them
     from diffgemma_ls.completion import CompletionRequest, Outcome
@@ -85,6 +86,7 @@ class CompletionService:
         self.serving = Serving(Settings())
         self.stats: Counter[str] = Counter()  # cache hits etc., for diffgemma/debugState and the benches
         self.last_latency_ms: float | None = None  # of the last model-answered completion
+        self.workspace: Workspace | None = None  # the workspace folders' lines, once scanned
         # per document: (text, cursor offset, task) of the prefetch running after an accept
         self._prefetches: dict[str, tuple[str, int, asyncio.Task]] = {}
 
@@ -126,8 +128,17 @@ class CompletionService:
         from diffgemma_ls.completion import plan
 
         candidates = settings.candidates if invoked else 1
+        workspace = self.workspace if settings.workspace_context else None
         request = plan(
-            text, offset, doc.language_id, settings, serving.engine, invoked=invoked, candidates=candidates
+            text,
+            offset,
+            doc.language_id,
+            settings,
+            serving.engine,
+            invoked=invoked,
+            candidates=candidates,
+            uri=uri,
+            workspace=workspace,
         )
         if request is None:
             return []

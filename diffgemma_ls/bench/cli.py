@@ -98,6 +98,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="candidates per ho-fill task, of which the first that parses is kept, as the server's fill "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--workspace-rival",
+        action="store_true",
+        help="also an adaptive+workspace row: the copy rival drawn from the held-out file's folder too",
+    )
     parser.add_argument("--time-limit", type=float, default=10.0, help="seconds per sandboxed test run")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per test run")
 
@@ -131,6 +136,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         if args.quick
         else FULL_LSP,
         limits=Limits(seconds=args.time_limit, memory_mb=args.memory_mb),
+        workspace=args.workspace_rival,
     )
     started = time.monotonic()
     try:

@@ -90,7 +90,8 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
 
 def floor_lines(result: dict[str, Any]) -> list[str]:
     return [
-        f"{r['decode']} - nearest-line [{r['quantize']}]: {100 * r['delta']:+.1f} points of edit similarity "
+        f"{r['decode']} - {r.get('reference', 'nearest-line')} [{r['quantize']}]: {100 * r['delta']:+.1f} "
+        "points of edit similarity "
         f"(95% paired bootstrap {100 * r['low']:+.1f} to {100 * r['high']:+.1f})"
         for r in result.get("vs_baseline", [])
     ]

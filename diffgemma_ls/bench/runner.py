@@ -49,9 +49,11 @@ class BenchPlan:
     limit: int | None  # tasks per suite
     lsp_requests: int
     limits: Limits
+    workspace: bool = False  # also decode with the workspace rival (the held-out file's folder)
 
 
 MODEL_ONLY = "model-only"
+WORKSPACE = "adaptive+workspace"  # the rival also from the task file's folder
 
 
 def mode_configs(plan: BenchPlan) -> list[DecodeConfig]:
@@ -69,6 +71,8 @@ def first_quantization_configs(plan: BenchPlan) -> list[DecodeConfig]:
     table shows what the model adds over copying.
     """
     alone = [DecodeConfig(MODEL_ONLY, "adaptive", plan.steps, plan.entropy_bound, copy_rival=False)]
+    if plan.workspace:
+        alone.append(DecodeConfig(WORKSPACE, "adaptive", plan.steps, plan.entropy_bound, workspace=True))
     sweep = [
         DecodeConfig(f"adaptive@{bound:g}", "adaptive", plan.steps, bound) for bound in plan.sweep_bounds
     ]
@@ -76,7 +80,7 @@ def first_quantization_configs(plan: BenchPlan) -> list[DecodeConfig]:
 
 
 def _task_spec(task: Task) -> dict[str, str]:
-    return {k: getattr(task, k) for k in ("task_id", "prefix", "suffix", "language", "mode")}
+    return {k: getattr(task, k) for k in ("task_id", "prefix", "suffix", "language", "mode", "path")}
 
 
 def run_worker(settings: Settings, tasks: list[Task], configs: list[DecodeConfig]) -> dict[str, Any]:
@@ -259,13 +263,21 @@ def _suite_rows(quantize: str, config: str, records: list[dict[str, Any]]) -> li
 def _vs_baseline(
     quantize: str, groups: dict[str, list[dict[str, Any]]], baseline: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Each decoding of the first quantization against the nearest-line floor, task by task."""
-    floor = {r["task_id"]: r["edit_similarity"] for r in baseline}
+    """Each decoding of the first quantization against the nearest-line floor, task by task; and the
+    workspace rival against the same decoding without it."""
+    references = {BASELINE: baseline}
+    pairs = [(config, BASELINE) for config in groups]
+    if WORKSPACE in groups and "adaptive" in groups:
+        references["adaptive"] = groups["adaptive"]
+        pairs.append((WORKSPACE, "adaptive"))
     out = []
-    for config, records in groups.items():
+    for config, reference in pairs:
+        theirs = {r["task_id"]: r["edit_similarity"] for r in references[reference]}
+        records = groups[config]
         ours = [r["edit_similarity"] for r in records]
-        delta, low, high = paired_difference(ours, [floor[r["task_id"]] for r in records])
-        out.append({"quantize": quantize, "decode": config, "delta": delta, "low": low, "high": high})
+        delta, low, high = paired_difference(ours, [theirs[r["task_id"]] for r in records])
+        row = {"quantize": quantize, "decode": config, "reference": reference}
+        out.append({**row, "delta": delta, "low": low, "high": high})
     return out
 
 

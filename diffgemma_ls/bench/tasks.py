@@ -68,6 +68,7 @@ class Task:
     language: str = "python"
     test: str = ""  # HumanEval's ``check`` source; empty where there is no test (no pass@1)
     entry_point: str = ""
+    path: str = ""  # the held-out file on disk (its folder is the workspace); empty for HumanEval
 
     @property
     def document(self) -> str:
@@ -226,6 +227,7 @@ def _task(path: str, suite: str, text: str, start: int, end: int, mode: str) -> 
         suffix=text[end:],
         target=text[start:end],
         mode=mode,
+        path=str(stdlib_dir() / path),
     )
 
 

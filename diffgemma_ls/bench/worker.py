@@ -20,11 +20,15 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from diffgemma_ls.completion import complete_text
 from diffgemma_ls.config import Settings
 from diffgemma_ls.engine.infill import Engine
+from diffgemma_ls.workspace import Workspace
+
+WORKSPACE_FILES = 300  # a held-out file's folder: enough for its siblings, seconds to scan
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,25 @@ class DecodeConfig:
     steps: int | None = None
     entropy_bound: float | None = None
     copy_rival: bool = True  # the server's nearest-line rival (completion.plan); off: the model alone
+    workspace: bool = False  # the rival also from the task file's folder (``Workspace``), as in an editor
+
+
+_WORKSPACES: dict[str, Workspace] = {}
+
+
+def _workspace(path: str) -> Workspace:
+    """The folder of a held-out file as its workspace, scanned once (its siblings, not the file)."""
+    folder = str(Path(path).parent)
+    if folder not in _WORKSPACES:
+        _WORKSPACES[folder] = Workspace([folder], max_files=WORKSPACE_FILES)
+        _WORKSPACES[folder].scan()
+    return _WORKSPACES[folder]
 
 
 def _request(
     engine: Engine, settings: Settings, task: dict[str, Any], config: DecodeConfig
 ) -> dict[str, Any]:
+    workspace = _workspace(task["path"]) if config.workspace and task.get("path") else None
     started = time.perf_counter()
     outcome = complete_text(
         engine,
@@ -53,6 +71,8 @@ def _request(
         steps=config.steps,
         entropy_bound=config.entropy_bound,
         copy_rival=config.copy_rival,
+        workspace=workspace,
+        path=task.get("path", ""),
     )
     e2e_ms = (time.perf_counter() - started) * 1000
     result, completion = outcome.result, outcome.completion

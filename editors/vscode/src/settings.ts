@@ -16,6 +16,8 @@ const SERVER_KEYS = [
   "debounceMs",
   "candidates",
   "languages",
+  "workspaceContext",
+  "workspaceMaxFiles",
   "threads",
 ] as const;
 
