@@ -3,8 +3,9 @@
 * No network: the server runs with a hook that refuses and records any non-loopback connect.
 * The workspace cannot configure the server: the model (and everything else) comes only from the
   command line, ``initializationOptions``, ``didChangeConfiguration`` and ``workspace/configuration``.
-  The server never opens a file of the workspace it serves (an audit hook records every open under
-  it), so ``.vscode/settings.json`` or a ``pyproject.toml`` cannot point it at a model; the VS Code
+  Of the workspace it serves, the server opens source files only (their lines are copy rivals; an
+  audit hook records every open under it), never ``.vscode/settings.json``, a ``pyproject.toml`` or
+  any other file that could point it at a model; the VS Code
   extension makes ``model`` machine-scoped on its side. ``trustRemoteCode``/``allowDownload`` are not
   client settings at all: only the person starting the server can pass those flags.
 * Checkpoints: safetensors only (a pickle next to them is never unpickled), a checkpoint's own code
@@ -136,9 +137,11 @@ async def test_no_network_no_workspace_files_no_document_text_in_the_log(
     finally:
         await server.close()
     assert not net_log.exists(), net_log.read_text()
-    assert not open_log.exists(), open_log.read_text()  # not a single workspace file was opened
+    opened = set(open_log.read_text().splitlines()) if open_log.exists() else set()
+    assert opened <= {str(workspace / "main.py")}, opened  # source files only: nothing that configures
     logged = log_file.read_text()
     assert "completion" in logged  # the log is there and in use
+    assert "workspace: 1 source files from 1 folder(s)" in logged  # main.py: read for its lines
     assert MARKER not in logged
 
 
