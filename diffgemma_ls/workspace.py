@@ -7,8 +7,8 @@ editor's open documents, and ``completion`` offers the best matching line of ano
 second rival on an explicit request, for the model to judge by its own likelihood.
 
 Which files: those under the workspace folders the client sent (never a path outside them), that
-git does not ignore (``git ls-files``, when the folder is a repository; else a walk that skips
-``SKIP_DIRS``), with an extension that has a grammar, at most ``MAX_FILE_BYTES`` each and
+git does not ignore (``git ls-files``, when the folder is a repository's top; else a walk that
+skips ``SKIP_DIRS``), with an extension that has a grammar, at most ``MAX_FILE_BYTES`` each and
 ``max_files`` in all, UTF-8, and not generated (``GENERATED``, as the training corpus filters).
 Nothing is sent anywhere, and the index holds lines, not whole texts.
 
@@ -80,7 +80,11 @@ def _wanted(path: Path) -> str | None:
 
 
 def _candidates(root: Path) -> Iterable[Path]:
-    """Files under ``root`` that git tracks or would (not ignored); a filtered walk outside git."""
+    """Files under ``root`` that git tracks or would (not ignored) if ``root`` is a repository's top
+    (a folder inside someone else's checkout, ignored there, would list nothing); else a filtered walk."""
+    if not (root / ".git").exists():
+        yield from _walk(root)
+        return
     try:
         listed = subprocess.run(
             # a repository's own config must not run anything here (core.fsmonitor is a command)
@@ -105,7 +109,10 @@ def _candidates(root: Path) -> Iterable[Path]:
                 yield path
         return
     except (OSError, subprocess.SubprocessError):
-        pass  # not a repository, or no git: walk
+        yield from _walk(root)  # no git
+
+
+def _walk(root: Path) -> Iterable[Path]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
         for name in sorted(files):
