@@ -191,7 +191,7 @@ def test_quantizations_side_by_side(
 
     monkeypatch.setattr(runner, "run_worker", in_process)
     plan = runner.BenchPlan(
-        settings=Settings(model=str(constant_model_dir), threads=1),
+        settings=Settings(model=str(constant_model_dir), threads=1, canvas_length=32),  # 32 > 16 steps
         quantizations=("none", "8bit"),
         modes=("adaptive", "fixed", "sequential"),
         steps=4,

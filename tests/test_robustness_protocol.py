@@ -339,8 +339,9 @@ def test_generated_messages_get_one_sane_answer(
     assert server is not None
     if message["method"] == "textDocument/didClose":
         message.setdefault("params", {})  # keep the module's own document open for still_works
-        if isinstance(message["params"], dict) and message["params"].get("textDocument") == {"uri": URI}:
-            message["params"]["textDocument"] = {"uri": "file:///fuzz/other.py"}
+        document = message["params"].get("textDocument") if isinstance(message["params"], dict) else None
+        if isinstance(document, dict) and document.get("uri") == URI:  # with or without other keys
+            message["params"]["textDocument"] = {**document, "uri": "file:///fuzz/other.py"}
     if is_request:
         msg_id = f"fuzz-{msg_id}" if isinstance(msg_id, str) else 10**12 + msg_id
         message["id"] = msg_id

@@ -72,7 +72,7 @@ def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, noise_kind: str = "mask", canvas_length: int = 32):
+def tiny_config(tokenizer: PreTrainedTokenizerFast, noise_kind: str = "mask", canvas_length: int = 16):
     ids = tokenizer.convert_tokens_to_ids
     text = DiffusionGemmaTextConfig(
         vocab_size=len(tokenizer),
