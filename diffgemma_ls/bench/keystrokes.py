@@ -231,10 +231,11 @@ def cold_agreement(model: str, server_args: list[str], answers: list[Answer], li
 
     Cold: the replayed server's own settings, without any cache.
     """
-    from diffgemma_ls.cli import build_parser, server_settings
+    from diffgemma_ls.cli import build_parser
     from diffgemma_ls.completion import load_engine, plan, run
+    from diffgemma_ls.config import settings_from_cli
 
-    served = server_settings(build_parser().parse_args(["--model", model, "--threads", "1", *server_args]))
+    served = settings_from_cli(build_parser().parse_args(["--model", model, "--threads", "1", *server_args]))
     settings = dataclasses.replace(served, prompt_caches=0, warm_start=False)
     engine = load_engine(settings)
     same = compared = 0
