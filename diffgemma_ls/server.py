@@ -259,11 +259,12 @@ async def _answers(
     ls: DiffgemmaServer, uri: str, position: types.Position, invoked: bool
 ) -> list[tuple[str, types.Range]]:
     """Texts to insert and the ranges they replace (the closers after the cursor a completion re-typed)."""
+    ran = ls.service.model_answers
     try:
         answers = await ls.service.complete(uri, position.line, position.character, invoked)
     except Superseded as exc:
         raise JsonRpcRequestCancelled(str(exc)) from None
-    if ls.service.last_latency_ms is not None:
+    if ls.service.model_answers != ran:  # a new latency to show; cache hits send nothing per key
         ls.send_status()
     return [(a.completion.text, _replaced(ls, a, position)) for a in answers]
 

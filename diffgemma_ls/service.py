@@ -86,6 +86,7 @@ class CompletionService:
         self.serving = Serving(Settings())
         self.stats: Counter[str] = Counter()  # cache hits etc., for diffgemma/debugState and the benches
         self.last_latency_ms: float | None = None  # of the last model-answered completion
+        self.model_answers = 0  # completions the model answered (not the caches): a new latency
         self.workspace: Workspace | None = None  # the workspace folders' lines, once scanned
         # per document: (text, cursor offset, task) of the prefetch running after an accept
         self._prefetches: dict[str, tuple[str, int, asyncio.Task]] = {}
@@ -150,6 +151,7 @@ class CompletionService:
         if outcome is None:
             return []
         self.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
+        self.model_answers += 1
         if outcome.completion is None:
             return []
         self.typeahead.remember(uri, text, offset, outcome.completion)
