@@ -75,11 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     infill.add_argument("--jsonl", action="store_true", help="read tasks from stdin, one JSON object a line")
     infill.add_argument("--mode", choices=("auto", "line", "block"), default="auto", help="completion size")
     infill.add_argument("--language", help="language id (default: from the file extension)")
-    infill.add_argument(
-        "--workspace",
-        type=Path,
-        help="a folder whose other files the copy rival draws from too, as the server does for its workspace",
-    )
+    _workspace_flag(infill)
     infill.add_argument(
         "--candidates",
         type=int,
@@ -98,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--line", type=int, help="1-based line of an empty body or TODO line to fill")
     fill.add_argument("--col", type=int, default=1, help="1-based column with --line (default: 1)")
     fill.add_argument("--language", help="language id (default: from the file extension)")
+    _workspace_flag(fill)
     fill.add_argument(
         "--candidates",
         type=int,
@@ -110,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", parents=[common], help="what would be served: model, device, quantization")
     info.add_argument("--json", action="store_true", help="one JSON object")
+    _workspace_flag(info)
+
+    tune = sub.add_parser(
+        "tune",
+        parents=[_model_flags(skip=("quantize", "device", "prompt_format", "tuned_weights"))],
+        help="adapt the shipped model to a repository's own code (CPU, minutes); the server then uses it",
+    )
+    tune.add_argument("workspace", nargs="?", type=Path, default=Path("."), help="repository (default: .)")
+    tune.add_argument("--minutes", type=float, default=10.0, help="training time (default: %(default)s)")
+    tune.add_argument("--fresh", action="store_true", help="start again from the shipped weights")
+    tune.add_argument("--forget", action="store_true", help="delete this workspace's tuned weights and stop")
 
     bench = sub.add_parser(
         "bench",
@@ -117,9 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="quality and speed on infilling tasks, in one run",
     )
     add_bench_arguments(bench)
-    for command in (infill, fill, info, bench):  # a usage error shows the subcommand's own usage
+    for command in (infill, fill, info, bench, tune):  # a usage error shows the subcommand's own usage
         command.set_defaults(usage=command)
     return parser
+
+
+def _workspace_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        help="the repository: its other files as context and its tuned weights, as the server has them",
+    )
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -173,15 +189,33 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _load_engine(args: argparse.Namespace):
-    """The engine for a one-shot command, or None after printing why the model cannot load."""
+    """The engine for a one-shot command, or None after printing why the model cannot load.
+
+    With ``--workspace``, the weights tuned for it, as the server would serve its files.
+    """
     from diffgemma_ls.completion import load_engine
     from diffgemma_ls.engine.kinds import ModelLoadError
 
+    workspaces = [args.workspace] if getattr(args, "workspace", None) is not None else []
     try:
-        return load_engine(_settings(args))
+        return load_engine(_settings(args), workspaces)
     except ModelLoadError as exc:
         print(f"diffgemma-ls: {exc}", file=sys.stderr)
         return None
+
+
+def _workspace(args: argparse.Namespace):
+    """The scanned ``--workspace`` (``None`` without one), or ``EXIT_USAGE`` after saying what is wrong."""
+    if args.workspace is None:
+        return None
+    if not args.workspace.is_dir():
+        print(f"diffgemma-ls {args.command}: --workspace {args.workspace} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    from diffgemma_ls.workspace import Workspace
+
+    workspace = Workspace([args.workspace])
+    workspace.scan()
+    return workspace
 
 
 def _decode_settings(args: argparse.Namespace) -> dict:
@@ -223,15 +257,9 @@ def infill(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         language = args.language or language_for(str(args.file)) or "python"
-    workspace = None
-    if args.workspace is not None:
-        if not args.workspace.is_dir():
-            print(f"diffgemma-ls infill: --workspace {args.workspace} is not a folder", file=sys.stderr)
-            return EXIT_USAGE
-        from diffgemma_ls.workspace import Workspace
-
-        workspace = Workspace([args.workspace])
-        workspace.scan()
+    workspace = _workspace(args)
+    if workspace == EXIT_USAGE:
+        return EXIT_USAGE
     engine = _load_engine(args)
     if engine is None:
         return EXIT_MODEL
@@ -275,11 +303,14 @@ def fill(args: argparse.Namespace) -> int:
     if isinstance(region, str):
         print(f"diffgemma-ls fill: {region}", file=sys.stderr)
         return EXIT_USAGE
+    workspace = _workspace(args)
+    if workspace == EXIT_USAGE:
+        return EXIT_USAGE
     engine = _load_engine(args)
     if engine is None:
         return EXIT_MODEL
     start, end = region
-    knobs = {"candidates": args.candidates, **_decode_settings(args)}
+    knobs = {"candidates": args.candidates, "workspace": workspace, **_decode_settings(args)}
     request = plan_fill(text, start, end, language, _settings(args), engine, uri=str(args.file), **knobs)
     outcome = run(engine, request)
     chosen, why = choose_fill_why(outcome, text, start, end, language, str(args.file))
@@ -379,6 +410,7 @@ def info(args: argparse.Namespace) -> int:
     data = {
         "model": loaded.name,
         "path": loaded.path,
+        "tuned_for": str(engine.tuned_for) if engine.tuned_for else None,
         "device": str(loaded.device),
         "dtype": str(loaded.model.dtype).removeprefix("torch."),
         "quantization": loaded.quantization,
@@ -401,6 +433,42 @@ def info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def tune(args: argparse.Namespace) -> int:
+    """Tune the shipped model on a workspace (``diffgemma_ls.tune``); 2 when it cannot run there."""
+    import shutil
+
+    from diffgemma_ls.tuned import tune_dir
+
+    if not args.workspace.is_dir():
+        print(f"diffgemma-ls tune: {args.workspace} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    folder = tune_dir(args.workspace)
+    if args.forget:
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"forgot the tuned weights of {args.workspace.resolve()}")
+        return EXIT_OK
+    if not args.minutes > 0:
+        print("diffgemma-ls tune: --minutes must be above 0", file=sys.stderr)
+        return EXIT_USAGE
+    from diffgemma_ls.engine.kinds import ModelLoadError
+    from diffgemma_ls.engine.loader import resolve_model_path
+    from diffgemma_ls.tune import TuneError
+    from diffgemma_ls.tune import tune as run_tune
+
+    settings = _settings(args)
+    try:
+        base = Path(resolve_model_path(settings.model, settings.allow_download))
+        record = run_tune(args.workspace, base, args.minutes, settings, fresh=args.fresh)
+    except ModelLoadError as exc:
+        print(f"diffgemma-ls tune: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except TuneError as exc:
+        print(f"diffgemma-ls tune: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{record.steps} steps, {record.train_seconds / 60:.1f} minutes of training in all; {folder}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -415,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         return info(args)
     if args.command == "bench":
         return run_bench(args, _settings(args))
+    if args.command == "tune":
+        return tune(args)
     return serve(args)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import torch
@@ -17,11 +18,13 @@ import torch
 from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult, ServingDefaults
-from diffgemma_ls.engine.loader import ModelLoadError, load_model
+from diffgemma_ls.engine.loader import DEFAULT_MODEL, ModelLoadError, default_model_path, load_model
 from diffgemma_ls.fill import breaks_syntax, discards_working_code, has_code
 from diffgemma_ls.nearest_line import nearest_line_completion
 from diffgemma_ls.postprocess import Completion, postprocess
 from diffgemma_ls.prompt import encode_text
+from diffgemma_ls.snippets import Snippet
+from diffgemma_ls.tuned import tuned_weights
 from diffgemma_ls.workspace import Workspace
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
@@ -38,6 +41,7 @@ class CompletionRequest:
     rivals: tuple[str, ...] = ()  # middles the model's answer competes with (``Engine.infill``)
     language: str = ""  # the client's language id and the file's path: a chat prompt names them
     path: str = ""
+    snippets: tuple[Snippet, ...] = ()  # other files' chunks for the prompt
 
 
 @dataclass
@@ -64,18 +68,28 @@ class Outcome:
         )
 
 
-def load_engine(settings: Settings) -> Engine:
-    """The engine for the model the settings name (raises ``ModelLoadError`` with a user message)."""
+def load_engine(settings: Settings, workspaces: Sequence[str | Path] = ()) -> Engine:
+    """The engine for the model the settings name (raises ``ModelLoadError`` with a user message).
+
+    For the shipped model, the weights ``diffgemma-ls tune`` kept for the first of ``workspaces``
+    that has them (``tuned.tuned_weights``), unless ``settings.tuned_weights`` is off;
+    ``Engine.tuned_for`` then names that workspace.
+    """
     torch.set_num_threads(settings.threads or default_threads())
+    model, tuned_for = settings.model, None
+    shipped = settings.tuned_weights and model in (None, "", DEFAULT_MODEL) and workspaces
+    if shipped and (found := tuned_weights(workspaces, default_model_path())) is not None:
+        tuned_for, weights = found
+        model = str(weights)
     loaded = load_model(
-        settings.model,
+        model,
         quantize=settings.quantize,
         device=settings.device,
         allow_download=settings.allow_download,
         trust_remote_code=settings.trust_remote_code,
     )
     try:
-        return Engine(
+        engine = Engine(
             loaded,
             prompt_caches=settings.prompt_caches,
             warm_start=settings.warm_start,
@@ -83,6 +97,8 @@ def load_engine(settings: Settings) -> Engine:
         )
     except ValueError as exc:  # a prompt format the tokenizer cannot do
         raise ModelLoadError(str(exc)) from exc
+    engine.tuned_for = tuned_for
+    return engine
 
 
 def decode_options(
@@ -137,6 +153,8 @@ def plan(
     workspace's other files (``Workspace.nearest_line``); the bench turns it off to measure the
     model alone. As you
     type it is off: its scoring pass costs the keystroke budget (docs/benchmarks.md, keystroke replay).
+    A ``workspace`` also gives a model that reads them (``Engine.reads_snippets``) the other files'
+    best matching chunks, up to ``settings.cross_file_chars``, on every request.
     """
     started = time.perf_counter()
     tokenizer = engine.tokenizer
@@ -169,8 +187,12 @@ def plan(
             workspace.nearest_line(typed, rest, exclude=_path_of(uri)) if workspace is not None else ""
         )
         rivals = tuple(dict.fromkeys(r for r in (copied, elsewhere) if r))
+    snippets: tuple[Snippet, ...] = ()
+    if workspace is not None and engine.reads_snippets and settings.cross_file_chars > 0:
+        found = workspace.snippets(context.prefix, context.suffix, _path_of(uri), settings.cross_file_chars)
+        snippets = tuple(found)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    return CompletionRequest(context, options, elapsed_ms, rivals, language_id, _path_of(uri))
+    return CompletionRequest(context, options, elapsed_ms, rivals, language_id, _path_of(uri), snippets)
 
 
 def _path_of(uri: str) -> str:
@@ -193,10 +215,12 @@ def plan_fill(
     steps: int | None = None,
     entropy_bound: float | None = None,
     candidates: int = 1,
+    workspace: Workspace | None = None,
 ) -> CompletionRequest:
     """A fill regenerates ``text[start:end]``: the model sees the document without it, cursor at ``start``.
 
-    ``candidates`` > 1 decodes alternatives in the same batched run, for ``choose_fill``.
+    ``candidates`` > 1 decodes alternatives in the same batched run, for ``choose_fill``;
+    ``workspace`` gives the prompt other files' chunks, as in ``plan``.
     """
     request = plan(
         text[:start] + text[end:],
@@ -211,6 +235,8 @@ def plan_fill(
         steps=steps,
         entropy_bound=entropy_bound,
         candidates=candidates,
+        copy_rival=False,  # the region already there is the rival
+        workspace=workspace,
     )
     assert request is not None  # invoked=True always plans a completion
     options = dataclasses.replace(request.options, max_canvases=FILL_CANVASES)
@@ -280,6 +306,7 @@ def run(
         rivals=request.rivals,
         language=request.language,
         path=request.path,
+        snippets=request.snippets,
     )
     started = time.perf_counter()
     chat = engine.layout.format == "chat"
@@ -322,7 +349,18 @@ def complete_text(
         text, at = prefix + suffix, len(prefix)
         knobs = {"decode": decode, "steps": steps, "entropy_bound": entropy_bound}
         rows = candidates or settings.candidates
-        request = plan_fill(text, at, at, language_id, settings, engine, candidates=rows, **knobs)
+        request = plan_fill(
+            text,
+            at,
+            at,
+            language_id,
+            settings,
+            engine,
+            candidates=rows,
+            workspace=workspace,
+            uri=path,
+            **knobs,
+        )
         outcome = run(engine, request, deadline=deadline)
         return dataclasses.replace(outcome, completion=choose_fill(outcome, text, at, at, language_id))
     request = plan(

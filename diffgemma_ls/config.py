@@ -44,6 +44,8 @@ class Settings:
     languages: tuple[str, ...] = ()
     workspace_context: bool = True
     workspace_max_files: int = 2000
+    cross_file_chars: int = 768
+    tuned_weights: bool = True
     threads: int = 0  # 0: default_threads()
     allow_download: bool = False
     prompt_caches: int = 8
@@ -161,7 +163,8 @@ SCHEMA: tuple[Option, ...] = (
     Option(
         "workspace_context",
         "bool",
-        "on an explicit request, the best matching line of the workspace's other files competes too",
+        "the workspace's other files as context: their best matching line competes on an explicit "
+        "request, and, for a model trained for it, their best matching chunks go in the prompt",
         "workspaceContext",
     ),
     Option(
@@ -170,6 +173,20 @@ SCHEMA: tuple[Option, ...] = (
         "source files of the workspace folders kept for that (git-ignored ones never)",
         "workspaceMaxFiles",
         bounds=(0, 100_000),
+    ),
+    Option(
+        "cross_file_chars",
+        "int",
+        "the most characters of other files' chunks in a prompt (0: none)",
+        "crossFileChars",
+        bounds=(0, 16_000),
+    ),
+    Option(
+        "tuned_weights",
+        "bool",
+        "serve the shipped model's weights that `diffgemma-ls tune` kept for the workspace, if any",
+        "tunedWeights",
+        "--no-tuned-weights",
     ),
     Option(
         "threads", "int", "CPU threads for the model; 0: cores - 1", "threads", "--threads", bounds=(0, 512)
@@ -199,6 +216,7 @@ MODEL_FLAGS = (
     "prompt_format",
     "threads",
     "allow_download",
+    "tuned_weights",
     "trust_remote_code",
 )
 SERVER_FLAGS = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")

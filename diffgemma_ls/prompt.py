@@ -23,8 +23,11 @@ user types: the encoder's cached prompt stays valid up to the cursor and only th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from diffgemma_ls.snippets import Snippet, snippet_text
 
 PAD = "<pad>"
 EOS = "<eos>"
@@ -194,10 +197,14 @@ def build_prompt(
     *,
     language: str = "",
     path: str = "",
+    snippets: Sequence[Snippet] = (),
 ) -> FimPrompt:
     """Tokenize ``prefix``/``suffix`` into ``layout`` (default: the tokenizer's own, see the module doc).
 
     ``language`` and ``path`` name the file in the chat layout; the FIM layouts do not use them.
+    ``snippets`` (other files' chunks, ``diffgemma_ls.snippets``) come first, each as
+    ``<|file_separator|>path\ncode`` (the repository layout of CodeGemma and Qwen-Coder), in the
+    FIM layout only, and only where the tokenizer has the separator.
     """
     layout = layout or prompt_layout(tokenizer)
     if layout.format == "chat":
@@ -205,6 +212,10 @@ def build_prompt(
     ids = fim_ids(tokenizer)
     enc = lambda text: encode_text(tokenizer, text)  # noqa: E731
     head = [ids.bos] if ids.bos is not None else []
+    separator = _token_id(tokenizer, FILE_SEP)
+    if layout.format == "fim" and separator is not None:
+        for text in snippet_text(snippets):
+            head += [separator, *enc(text)]
     if layout.format == "fim":
         head += [ids.suffix, *enc(suffix), ids.prefix]
         tail = [ids.middle]

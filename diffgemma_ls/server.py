@@ -70,6 +70,7 @@ class ModelState:
     state: str = "loading"
     model: str = ""
     message: str | None = None
+    tuned_for: str | None = None  # the workspace folder whose tuned weights serve
 
 
 class DiffgemmaServer(LanguageServer):
@@ -125,6 +126,8 @@ class DiffgemmaServer(LanguageServer):
         }
         if s.message:
             params["message"] = s.message
+        if s.tuned_for:
+            params["tunedFor"] = s.tuned_for
         self.protocol.notify(STATUS_NOTIFICATION, params)
 
     def tell_once(
@@ -174,7 +177,7 @@ class DiffgemmaServer(LanguageServer):
             except Exception:  # a client that refuses progress still gets the model
                 progress = False
         try:
-            engine = await self.scheduler.call(_load_engine, settings)
+            engine = await self.scheduler.call(_load_engine, settings, self.folders)
             if progress:
                 self.work_done_progress.report(token, types.WorkDoneProgressReport(message="warming up"))
             await self.scheduler.call(engine.warm_up)
@@ -187,10 +190,12 @@ class DiffgemmaServer(LanguageServer):
                 code_languages = getattr(engine.model.config, "code_languages", None)
                 languages = served_languages(code_languages)
                 self.service.serve(Serving(self.settings, engine, languages))
-                self.model_state = ModelState(state="ready", model=name)
+                tuned = str(engine.tuned_for) if engine.tuned_for else None
+                self.model_state = ModelState(state="ready", model=name, tuned_for=tuned)
                 log.info(
-                    "serving %s; languages: %s%s",
+                    "serving %s%s; languages: %s%s",
                     engine.describe(self.settings.canvas_length),
+                    f", tuned for {tuned}" if tuned else "",
                     ", ".join(languages),
                     "" if code_languages else " (a general model: every language with an installed grammar)",
                 )
@@ -236,11 +241,11 @@ class DiffgemmaServer(LanguageServer):
         return state
 
 
-def _load_engine(settings: Settings) -> Engine:
+def _load_engine(settings: Settings, folders: list[str]) -> Engine:
     """On the model thread: torch and transformers are imported here, not before ``initialize``."""
     from diffgemma_ls.completion import load_engine
 
-    return load_engine(settings)
+    return load_engine(settings, folders)
 
 
 def _client_settings(options: Any) -> Any:

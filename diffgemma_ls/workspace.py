@@ -1,10 +1,12 @@
-"""The workspace's other files, as lines a completion can copy: the copy rival across files.
+"""The workspace's other files, as lines a completion can copy and as chunks for the prompt.
 
 Code repeats itself across a repository too (the same call in two modules, a sibling test's
 assert), and copying is what a small model does worst; ``nearest_line`` only looks at the current
 file. ``Workspace`` keeps the lines of the workspace's source files, kept current from the
 editor's open documents, and ``completion`` offers the best matching line of another file as a
-second rival on an explicit request, for the model to judge by its own likelihood.
+second rival on an explicit request, for the model to judge by its own likelihood. ``snippets``
+gives the chunks of other files that best match the code at the cursor (``diffgemma_ls.snippets``),
+for a model trained to read them before its prompt.
 
 Which files: those under the workspace folders the client sent (never a path outside them), that
 git does not ignore (``git ls-files``, when the folder is a repository's top; else a walk that
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffgemma_ls.languages import language_for
+from diffgemma_ls.snippets import ChunkIndex, Snippet, query_of
 
 MAX_FILE_BYTES = 512_000
 MAX_FILES = 2000
@@ -119,6 +122,20 @@ def _walk(root: Path) -> Iterable[Path]:
             yield Path(folder) / name
 
 
+def source_files(roots: Iterable[Path], max_files: int = MAX_FILES) -> Iterable[tuple[Path, str]]:
+    """``(resolved path, text)`` of the folders' source files that belong in the index, at most
+    ``max_files``: what the server indexes and what ``diffgemma-ls tune`` trains on."""
+    count = 0
+    for root in roots:
+        for path in _candidates(root):
+            if count >= max_files:
+                return
+            text = _wanted(path)
+            if text is not None:
+                count += 1
+                yield path.resolve(), text
+
+
 class Workspace:
     """The source lines of the workspace folders (see the module docstring)."""
 
@@ -126,6 +143,10 @@ class Workspace:
         self.roots = [Path(root).resolve() for root in roots]
         self.max_files = max_files
         self._files: dict[str, _File] = {}  # resolved path -> its lines
+        self.chunks = ChunkIndex()  # resolved path -> its chunks
+        self._edited: dict[str, str | None] = {}  # the editor's copies, which win over the disk's
+        # per file: (the text before the cursor's line, the snippets chosen there); see ``snippets``
+        self._chosen: dict[str, tuple[str, int, list[Snippet]]] = {}
 
     def __len__(self) -> int:
         return len(self._files)
@@ -133,15 +154,34 @@ class Workspace:
     def scan(self) -> None:
         """Read the folders' files (seconds for a big repository: never on the keystroke path)."""
         files: dict[str, _File] = {}
+        chunks = ChunkIndex()
+        for path, text in source_files(self.roots, self.max_files):
+            key = str(path)
+            text = self._edited.get(key, text)  # the editor's copy is newer than the disk's
+            if text is not None:
+                files[key] = _File.of(text)
+                chunks.set_file(key, self._label(key), text)
+        self._files, self.chunks = files, chunks
+        for key, text in self._edited.items():
+            if key not in files:
+                self._put(key, text)
+        self._chosen.clear()
+
+    def _label(self, key: str) -> str:
+        """How a prompt names the file: its path under its workspace folder."""
+        path = Path(key)
         for root in self.roots:
-            for path in _candidates(root):
-                if len(files) >= self.max_files:
-                    break
-                text = _wanted(path)
-                if text is not None:
-                    files[str(path.resolve())] = _File.of(text)
-        files.update({k: v for k, v in self._files.items() if k not in files})  # open documents' texts
-        self._files = files
+            if path.is_relative_to(root):
+                return path.relative_to(root).as_posix()
+        return path.name
+
+    def _put(self, key: str, text: str | None) -> None:
+        if text is None:
+            self._files.pop(key, None)
+            self.chunks.set_file(key, "", None)
+        elif key in self._files or len(self._files) < self.max_files:
+            self._files[key] = _File.of(text)
+            self.chunks.set_file(key, self._label(key), text)
 
     def contains(self, path: str) -> bool:
         """Whether ``path`` lies under a workspace folder: only such files are ever indexed."""
@@ -153,10 +193,23 @@ class Workspace:
         if not self.contains(path):
             return
         key = str(Path(path).resolve())
-        if text is None:
-            self._files.pop(key, None)
-        elif key in self._files or len(self._files) < self.max_files:
-            self._files[key] = _File.of(text)
+        self._edited[key] = text
+        self._put(key, text)
+
+    def snippets(self, prefix: str, suffix: str, path: str, budget_chars: int) -> list[Snippet]:
+        """Chunks of the other files that best match the code around the cursor in ``path``.
+
+        While the cursor stays on one line with the text above it unchanged, the choice made when
+        the cursor came to that line is kept: the prompt's head (where the snippets are) stays
+        the same, so the encoder cache of the previous keystroke stays valid.
+        """
+        key = str(Path(path).resolve()) if path else ""
+        above = prefix[: max(prefix.rfind("\n"), prefix.rfind("\r")) + 1]
+        if (chosen := self._chosen.get(key)) is not None and chosen[:2] == (above, budget_chars):
+            return chosen[2]
+        found = self.chunks.best(query_of(prefix, suffix), budget_chars, exclude=key)
+        self._chosen[key] = (above, budget_chars, found)
+        return found
 
     def nearest_line(self, prefix: str, suffix: str, exclude: str = "") -> str:
         """The completion another file's line offers at the cursor; ``""`` when none matches.

@@ -26,9 +26,11 @@ from diffgemma_ls.engine.infill import DecodeOptions, Engine
 from diffgemma_ls.engine.loader import LoadedModel, load_model
 from diffgemma_ls.engine.model import CodeDiffusionGemma
 from diffgemma_ls.engine.sampling import DECODE_MODES
+from diffgemma_ls.training.examples import InfillSampler
+from diffgemma_ls.training.objective import evaluate
 from model.arch import build_model
-from model.data import InfillSampler, load_texts
-from model.train import WORK, evaluate, heldout_batches
+from model.data import load_texts
+from model.train import WORK, heldout_batches
 
 
 @torch.no_grad()

@@ -28,9 +28,11 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
 )
 
-from model.data import InfillSampler, load_texts, make_batch
+from diffgemma_ls.training.examples import InfillSampler, make_batch
+from diffgemma_ls.training.objective import decode_logits, encode
+from model.data import load_texts
 from model.evaluate import load
-from model.train import WORK, decode_logits, encode
+from model.train import WORK
 
 OUT = Path(__file__).resolve().parent / "default"
 MAX_MB = 40
@@ -94,6 +96,8 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     model.generation_config = generation_config(tok)
+    if state.get("args", {}).get("context_prob", 0) > 0:  # trained with other files' chunks
+        model.config.cross_file_context = True
     copy.deepcopy(model).to(getattr(torch, args.dtype)).save_pretrained(args.out)
     tok.save_pretrained(args.out)
     keep = ("step", "tokens", "train_seconds", "size")

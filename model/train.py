@@ -1,22 +1,10 @@
 """Train the default DiffusionGemma code model on CPU, for a wall-clock budget, resumably.
 
-One step (shapes: B batch, S padded prompt length, C canvas length, V vocab, H hidden):
-
-1. sample B infilling examples and a canvas length C in {16, 32, 64} (model/data.py);
-2. encoder: causal pass over the FIM prompt (B, S) -> hidden (B, S, H) and the KV cache;
-   encoder loss = next-token cross-entropy of ``lm_head(hidden)`` on real prompt tokens (dense
-   signal from every context token; same weights as the decoder, DiffusionGemma ties them);
-3. corrupt the clean canvas (B, C) with absorbing noise: t ~ U(0, 1] per row, each position
-   replaced by ``<|mask|>`` with probability t (the server's sampler starts from an all-mask
-   canvas and re-masks, so this is the same process);
-4. self-conditioning: a no-grad decoder pass gives logits (B, C, V); half of the rows get them as
-   ``self_conditioning_logits`` (``generate()`` feeds the previous step's logits from step 2 on,
-   and nothing at step 1, so both cases are trained);
-5. decoder loss = cross-entropy on masked positions only; PAD targets weighted by ``--pad-weight``
-   (the "EOS trap": padding is the easiest prediction and would otherwise dominate the loss);
-6. loss = decoder loss + ``--enc-weight`` * encoder loss; AdamW; lr warmup, constant, linear decay
-   over the last ``--decay-frac`` of the budget (so the shipped weights are annealed even though
-   the run length is set by the clock).
+Each step samples B infilling examples (``diffgemma_ls/training/examples.py``; with
+``--context-prob``, some with cross-file context from their package) at a canvas length C in
+{16, 32, 64} and takes one step of the objective in ``diffgemma_ls/training/objective.py``. The
+learning rate warms up, stays constant, then decays linearly over the last ``--decay-frac`` of the
+budget (so the shipped weights are annealed even though the run length is set by the clock).
 
     python -m model.train --size s256x4 --budget-minutes 60 --name long
     python -m model.train --name long --resume --budget-minutes 90     # continue model/work/runs/long
@@ -34,111 +22,26 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
-from transformers.cache_utils import DynamicCache
 
+from diffgemma_ls.training.examples import Batch, InfillSampler, make_batch, packages
+from diffgemma_ls.training.objective import LossWeights, evaluate, train_step
 from model.arch import build_model
-from model.data import Batch, InfillSampler, load_texts, make_batch
+from model.data import load_files
 
 WORK = Path(__file__).resolve().parent / "work"
 CANVAS_LENGTHS = (16, 32, 64)
 CANVAS_WEIGHTS = (0.25, 0.5, 0.25)
 
 
-def softcap(model: DiffusionGemmaForBlockDiffusion, logits: torch.Tensor) -> torch.Tensor:
-    """The logit soft-capping ``DiffusionGemmaForBlockDiffusion.forward`` applies to decoder logits."""
-    cap = model.final_logit_softcapping
-    return torch.tanh(logits.float() / cap) * cap
-
-
-def encode(model: DiffusionGemmaForBlockDiffusion, batch: Batch) -> tuple[torch.Tensor, DynamicCache]:
-    """Causal encoder pass: hidden states (B, S, H) and the KV cache the decoder reads."""
-    cache = DynamicCache(config=model.config.text_config)
-    out = model.model.encoder(input_ids=batch.enc_ids, cache=cache, use_cache=True)
-    return out.last_hidden_state, cache
-
-
-def encoder_loss(model: DiffusionGemmaForBlockDiffusion, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Next-token loss on the prompt: position j predicts token j+1, real tokens only."""
-    S = batch.enc_ids.shape[1]
-    valid = torch.arange(S - 1)[None, :] < (batch.enc_len[:, None] - 1)  # (B, S-1)
-    logits = softcap(model, model.lm_head(hidden[:, :-1][valid]))  # (N, V)
-    return F.cross_entropy(logits, batch.enc_ids[:, 1:][valid])
-
-
-def decode_logits(
-    model: DiffusionGemmaForBlockDiffusion,
-    cache: DynamicCache,
-    batch: Batch,
-    canvas: torch.Tensor,
-    sc_logits: torch.Tensor | None = None,
-    sc_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Decoder pass over a (noisy) canvas (B, C) -> logits (B, C, V), per-row positions and masks."""
-    B, S = batch.enc_ids.shape
-    C = canvas.shape[1]
-    cache_mask = torch.arange(S)[None, :] < batch.enc_len[:, None]  # (B, S): hide right padding
-    mask = torch.cat([cache_mask, torch.ones(B, C, dtype=torch.bool)], dim=1)  # (B, S+C)
-    positions = batch.enc_len[:, None] + torch.arange(C)[None, :]  # (B, C): n_i .. n_i+C-1
-    return model(
-        cache=cache,
-        decoder_input_ids=canvas,
-        decoder_attention_mask=mask,
-        decoder_position_ids=positions,
-        self_conditioning_logits=sc_logits,
-        self_conditioning_mask=sc_mask,
-    ).logits
-
-
-def corrupt(canvas: torch.Tensor, t: torch.Tensor, mask_id: int, gen: torch.Generator) -> torch.Tensor:
-    """Absorbing noise: each position -> mask with prob t (B,); at least one masked per row."""
-    B, C = canvas.shape
-    masked = torch.rand(B, C, generator=gen) < t[:, None]
-    masked[torch.arange(B), torch.randint(0, C, (B,), generator=gen)] = True
-    return masked
-
-
-def diffusion_loss(
-    logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Tensor, pad_id: int, pad_weight: float
-) -> torch.Tensor:
-    """Cross-entropy on masked positions; PAD targets down-weighted (see module docstring)."""
-    ce = F.cross_entropy(logits.transpose(1, 2), canvas, reduction="none")  # (B, C)
-    w = masked.float() * torch.where(canvas == pad_id, pad_weight, 1.0)
-    return (ce * w).sum() / w.sum()
-
-
-@torch.no_grad()
-def evaluate(model: DiffusionGemmaForBlockDiffusion, batches: list[Batch], mask_id: int, pad_id: int) -> dict:
-    """Held-out masked-token accuracy at t=1.0 / t=0.5 (no self-conditioning) and encoder loss.
-
-    Accuracy counts non-PAD targets (content and EOS), so predicting padding everywhere scores 0.
-    """
-    model.eval()
-    gen = torch.Generator().manual_seed(1234)
-    stats = {"acc_t1.0": [0, 0], "acc_t0.5": [0, 0]}
-    enc_losses = []
-    for batch in batches:
-        hidden, cache = encode(model, batch)
-        enc_losses.append(encoder_loss(model, hidden, batch).item())
-        for t in (1.0, 0.5):
-            masked = corrupt(batch.canvas, torch.full((batch.canvas.shape[0],), t), mask_id, gen)
-            noisy = torch.where(masked, mask_id, batch.canvas)
-            pred = decode_logits(model, cache, batch, noisy).argmax(-1)
-            scored = masked & (batch.canvas != pad_id)
-            stats[f"acc_t{t}"][0] += (pred == batch.canvas)[scored].sum().item()
-            stats[f"acc_t{t}"][1] += scored.sum().item()
-    model.train()
-    return {k: hit / max(n, 1) for k, (hit, n) in stats.items()} | {
-        "val_enc_loss": sum(enc_losses) / len(enc_losses)
-    }
-
-
-def heldout_batches(tok, n: int) -> list[Batch]:
-    """The fixed held-out set: ``n`` examples from held-out files (seeded), canvas 32, full windows."""
+def heldout_batches(tok, n: int, context_prob: float = 0.0, pool: dict | None = None) -> list[Batch]:
+    """The fixed held-out set: ``n`` examples from held-out files (seeded), canvas 32, full windows;
+    with ``context_prob``, cross-file context from ``pool`` (the package's other files, any split)."""
     rng = random.Random(99)
-    sampler = InfillSampler(load_texts("val"), tok)
+    files = load_files("val")
+    paths = [p for p, _ in files] if context_prob > 0 else None  # else the rng draws as before
+    sampler = InfillSampler([t for _, t in files], tok, paths=paths, pool=pool, context_prob=context_prob)
     examples = [sampler.sample(rng) for _ in range(n)]
     return [
         make_batch(examples[i : i + 16], 32, rng, tok.pad_token_id, tok.eos_token_id) for i in range(0, n, 16)
@@ -208,6 +111,8 @@ def main() -> None:
     ap.add_argument("--pad-weight", type=float, default=0.1)
     ap.add_argument("--enc-weight", type=float, default=0.5)
     ap.add_argument("--sc-prob", type=float, default=0.5)
+    ap.add_argument("--context-prob", type=float, default=0.0, help="examples with cross-file context")
+    ap.add_argument("--context-chars", type=int, default=768, help="the most cross-file context per example")
     ap.add_argument("--ckpt-minutes", type=float, default=10.0)
     ap.add_argument("--eval-minutes", type=float, default=10.0)
     ap.add_argument("--eval-examples", type=int, default=128)
@@ -245,12 +150,35 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M, size {state['size']}, resuming at step {step0}")
 
-    train_sampler = InfillSampler(load_texts("train"), tok, vary_window=True)
+    weights = LossWeights(args.pad_weight, args.enc_weight, args.sc_prob)
+    train_files = load_files("train")
+    train_sampler = InfillSampler(
+        [t for _, t in train_files],
+        tok,
+        vary_window=True,
+        paths=[p for p, _ in train_files],
+        pool=packages(train_files),
+        context_prob=args.context_prob,
+        max_context_chars=args.context_chars,
+    )
     val_batches = heldout_batches(tok, args.eval_examples)
+    # the same held-out cuts with every example given its package's context: what the context adds
+    ctx_batches = (
+        heldout_batches(tok, args.eval_examples, 1.0, packages(train_files + load_files("val")))
+        if args.context_prob > 0
+        else []
+    )
 
     def log(row: dict) -> None:
         with open(log_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+    if step0 > 0:  # where the resumed weights start, on this run's held-out sets
+        metrics = evaluate(model, val_batches, mask_id, pad_id)
+        if ctx_batches:
+            metrics |= {f"ctx_{k}": v for k, v in evaluate(model, ctx_batches, mask_id, pad_id).items()}
+        log({"kind": "eval", "step": step0, "tokens": state["tokens"], **metrics})
+        print(f"eval step {step0}: {json.dumps(metrics)}")
 
     start = time.time()
     budget = args.budget_minutes * 60
@@ -268,23 +196,7 @@ def main() -> None:
         batch = make_batch([train_sampler.sample(rng) for _ in range(args.batch)], C, rng, pad_id, eos_id)
         B = batch.canvas.shape[0]
 
-        hidden, cache = encode(model, batch)  # (B, S, H)
-        enc_loss = encoder_loss(model, hidden, batch)
-        t = torch.rand(B, generator=gen).clamp_min(1.0 / C)  # (B,) noise level in (0, 1]
-        masked = corrupt(batch.canvas, t, mask_id, gen)  # (B, C) bool
-        noisy = torch.where(masked, mask_id, batch.canvas)  # (B, C)
-        with torch.no_grad():
-            sc_logits = decode_logits(model, cache, batch, noisy)  # (B, C, V)
-        sc_mask = torch.rand(B, generator=gen) < args.sc_prob  # (B,) rows that get self-conditioning
-        logits = decode_logits(model, cache, batch, noisy, sc_logits, sc_mask)  # (B, C, V)
-        diff_loss = diffusion_loss(logits, batch.canvas, masked, pad_id, args.pad_weight)
-        loss = diff_loss + args.enc_weight * enc_loss
-
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
+        losses = train_step(model, opt, batch, gen, weights)
         n_tok = int(batch.enc_len.sum()) + B * C
         state["step"] += 1
         state["tokens"] += n_tok
@@ -300,14 +212,13 @@ def main() -> None:
                 "tokens": state["tokens"],
                 "train_hours": state["train_seconds"] / 3600,
                 "lr": lr,
-                "loss": loss.item(),
-                "diff_loss": diff_loss.item(),
-                "enc_loss": enc_loss.item(),
+                **losses,
                 "tok_per_s": tps,
             }
             log(row)
             bar.set_postfix_str(
-                f"step {state['step']} diff {diff_loss.item():.3f} enc {enc_loss.item():.3f} {tps:.0f} tok/s"
+                f"step {state['step']} diff {losses['diff_loss']:.3f} enc {losses['enc_loss']:.3f} "
+                f"{tps:.0f} tok/s"
             )
         bar.n = int(time.time() - start)
         bar.refresh()
@@ -315,6 +226,8 @@ def main() -> None:
         done = time.time() - start >= budget
         if done or time.time() - last_eval > args.eval_minutes * 60:
             metrics = evaluate(model, val_batches, mask_id, pad_id)
+            if ctx_batches:
+                metrics |= {f"ctx_{k}": v for k, v in evaluate(model, ctx_batches, mask_id, pad_id).items()}
             log({"kind": "eval", "step": state["step"], "tokens": state["tokens"], **metrics})
             plot(log_path, run / "learning_curve.png")
             tqdm.write(f"eval step {state['step']}: {json.dumps(metrics)}")

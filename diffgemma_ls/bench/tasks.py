@@ -160,8 +160,9 @@ def _is_code_at(root: Node, byte: int) -> bool:
     return True
 
 
-def cut_file(path: str, text: str) -> list[Task]:
-    """At most one task per held-out kind from one file, at positions drawn from the path's hash."""
+def cut_file(path: str, text: str, per_kind: int = 1, folder: Path | None = None) -> list[Task]:
+    """At most ``per_kind`` tasks per held-out kind from one file, at positions drawn from the path's
+    hash; ``folder`` is what ``path`` is relative to (default: the standard library)."""
     rng = random.Random(hashlib.sha1(path.encode()).hexdigest())
     data = text.encode("utf-8")
     parser = get_parser("python")
@@ -180,20 +181,22 @@ def cut_file(path: str, text: str) -> list[Task]:
             if _is_code_at(root, byte):
                 lines.append((start + indent, end))
     tasks = []
-    if lines:
+    folder = stdlib_dir() if folder is None else folder
+    cut = lambda suite, start, end, mode: _task(path, suite, text, start, end, mode, folder)  # noqa: E731
+    for _ in range(per_kind if lines else 0):
         start, end = rng.choice(lines)
-        tasks.append(_task(path, "ho-line", text, start, end, "line"))
+        tasks.append(cut("ho-line", start, end, "line"))
         start, end = rng.choice(lines)
-        tasks.append(_task(path, "ho-tail", text, rng.randrange(start + 1, end - 1), end, "line"))
+        tasks.append(cut("ho-tail", rng.randrange(start + 1, end - 1), end, "line"))
     blocks = [
         (char_at[n.start_byte], char_at[n.end_byte])
         for n in _walk(root)
         if n.type == "block" and n.end_point.row - n.start_point.row < MAX_BLOCK_LINES
     ]
     blocks = [(a, b) for a, b in blocks if 0 < b - a <= MAX_BLOCK_CHARS]
-    if blocks:
+    for _ in range(per_kind if blocks else 0):
         start, end = rng.choice(blocks)
-        tasks.append(_task(path, "ho-block", text, start, end, "block"))
+        tasks.append(cut("ho-block", start, end, "block"))
     bodies = [
         (char_at[n.start_byte], char_at[n.end_byte])
         for n in _walk(root)
@@ -203,10 +206,10 @@ def cut_file(path: str, text: str) -> list[Task]:
         and n.end_point.row - n.start_point.row < MAX_FILL_LINES
     ]
     bodies = [(a, b) for a, b in bodies if 0 < b - a <= MAX_FILL_CHARS]
-    if bodies:
+    for _ in range(per_kind if bodies else 0):
         start, end = rng.choice(bodies)
-        tasks.append(_task(path, "ho-fill", text, start, end, "fill"))
-    return tasks
+        tasks.append(cut("ho-fill", start, end, "fill"))
+    return list({task.task_id: task for task in tasks}.values())  # a position drawn twice counts once
 
 
 def _byte_to_char(text: str) -> dict[int, int]:
@@ -219,15 +222,15 @@ def _byte_to_char(text: str) -> dict[int, int]:
     return mapping
 
 
-def _task(path: str, suite: str, text: str, start: int, end: int, mode: str) -> Task:
+def _task(path: str, suite: str, text: str, start: int, end: int, mode: str, folder: Path) -> Task:
     return Task(
-        task_id=f"{suite}/{path}:{text.count(chr(10), 0, start) + 1}",
+        task_id=f"{suite}/{path}:{text.count(chr(10), 0, start) + 1}:{start}",
         suite=suite,
         prefix=text[:start],
         suffix=text[end:],
         target=text[start:end],
         mode=mode,
-        path=str(stdlib_dir() / path),
+        path=str(folder / path),
     )
 
 

@@ -18,6 +18,7 @@ import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import fmean
 
 import torch
@@ -38,6 +39,7 @@ from diffgemma_ls.engine.sampling import (
 )
 from diffgemma_ls.engine.warmstart import Draft, Seed, seed_from
 from diffgemma_ls.prompt import END_OF_TURN, PromptLayout, build_prompt, encode_text, prompt_layout
+from diffgemma_ls.snippets import Snippet
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,7 @@ class Engine:
         sampler_config = getattr(gen, "sampler_config", None)
         self.default_entropy_bound = sampler_config.entropy_bound if sampler_config is not None else 0.1
         self.layout: PromptLayout = prompt_layout(self.tokenizer, prompt_format)
+        self.tuned_for: Path | None = None  # the workspace these weights were tuned for (``load_engine``)
         if self.layout.format == "chat":  # the model ends its turn: the canvas's text ends there too
             turn_end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
             if isinstance(turn_end, int) and turn_end != self.tokenizer.unk_token_id:
@@ -254,6 +257,12 @@ class Engine:
                 "no model was trained on; completions will be poor",
                 loaded.path,
             )
+
+    @property
+    def reads_snippets(self) -> bool:
+        """Whether the model was trained with other files' chunks before its prompt
+        (``config.cross_file_context``, set by ``model/export.py``): an untrained one is only confused."""
+        return bool(getattr(self.model.config, "cross_file_context", False)) and self.layout.format == "fim"
 
     @property
     def defaults(self) -> ServingDefaults:
@@ -320,6 +329,7 @@ class Engine:
         rivals: Sequence[str] = (),
         language: str = "",
         path: str = "",
+        snippets: Sequence[Snippet] = (),
     ) -> InfillResult:
         """Denoise the middle between ``prefix`` and ``suffix``: ``_prepare``, ``_generate``, ``_collect``.
 
@@ -329,7 +339,8 @@ class Engine:
         request with the same key. ``rivals`` are other middles (a line copied from the file): the
         denoised one is kept unless a rival is more likely under the model (``_contest``), in
         which case that rival is the text and the denoised middle the first alternative.
-        ``language`` and ``path`` name the file in a chat prompt (``prompt.build_prompt``).
+        ``language`` and ``path`` name the file in a chat prompt (``prompt.build_prompt``);
+        ``snippets`` (other files' chunks) go before the FIM prompt.
         """
         options = options or DecodeOptions()
         monitor = _StepMonitor(deadline, cancelled)
@@ -338,7 +349,7 @@ class Engine:
                 raise Cancelled
             started = time.perf_counter()
             self._encoder_timer.total = 0.0
-            request = self._prepare(prefix, suffix, options, cache_key, language, path, monitor)
+            request = self._prepare(prefix, suffix, options, cache_key, (language, path, snippets), monitor)
             budget_exhausted = self._generate(request, options, monitor)
             rows, texts = self._collect(request, monitor)
             copied = False
@@ -370,8 +381,7 @@ class Engine:
         suffix: str,
         options: DecodeOptions,
         cache_key: str | None,
-        language: str,
-        path: str,
+        named: tuple[str, str, Sequence[Snippet]],
         monitor: _StepMonitor,
     ) -> _Request:
         """The prompt, the cached encoder state it reuses, the warm start or the healing, the processors."""
@@ -382,7 +392,10 @@ class Engine:
         # otherwise the canvas writes the piece again, whole, and starts before the cursor
         piece = self._heal_piece(prefix, suffix) if options.heal and seed is None else ""
         prefix = prefix[: len(prefix) - len(piece)]
-        prompt = build_prompt(self.tokenizer, prefix, suffix, self.layout, language=language, path=path).ids
+        language, path, snippets = named  # what the prompt says besides the code: the file, other files
+        prompt = build_prompt(
+            self.tokenizer, prefix, suffix, self.layout, language=language, path=path, snippets=snippets
+        ).ids
         torch.manual_seed(zlib.crc32(str(prompt).encode()))
         cache, reused = self._take_prompt_cache(cache_key, prompt)
         processors = LogitsProcessorList()

@@ -18,6 +18,8 @@ const SERVER_KEYS = [
   "languages",
   "workspaceContext",
   "workspaceMaxFiles",
+  "crossFileChars",
+  "tunedWeights",
   "threads",
 ] as const;
 

@@ -1,0 +1,1 @@
+"""Training the shipped code model: examples and objective (``model/train.py``, ``diffgemma-ls tune``)."""
