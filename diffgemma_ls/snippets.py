@@ -20,6 +20,15 @@ CHUNK_LINES = 16
 QUERY_LINES = 12  # lines before the cursor (and a few after) that the chunks are ranked against
 MIN_SCORE = 0.05  # below this overlap a chunk is noise, not context
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")  # 3+ characters: `i`, `x`, `fn` say nothing
+# Keywords and names every file has: sharing them says nothing about sharing a subject.
+COMMON_NAMES = frozenset({
+    "and", "as", "assert", "async", "await", "break", "case", "class", "const", "continue", "def",
+    "del", "elif", "else", "enum", "except", "export", "false", "finally", "for", "from", "func",
+    "function", "global", "import", "impl", "interface", "lambda", "let", "match", "mut", "new",
+    "none", "nonlocal", "not", "null", "package", "pass", "print", "pub", "raise", "return", "self",
+    "static", "struct", "super", "this", "true", "try", "type", "use", "var", "void", "while", "with",
+    "yield", "len", "range", "str", "int",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class Chunk:
 
 
 def names(text: str) -> frozenset[str]:
-    return frozenset(_IDENTIFIER.findall(text))
+    return frozenset(n for n in _IDENTIFIER.findall(text) if n.lower() not in COMMON_NAMES)
 
 
 def chunks_of(path: str, text: str) -> list[Chunk]:
@@ -130,7 +139,7 @@ class ChunkIndex:
         for name in query:
             postings = self._postings.get(name, ())
             if len(postings) <= common:
-                found |= postings
+                found.update(postings)
         chunks = [self._files[key][i] for key, i in found if key != exclude]
         chunks.sort(key=lambda c: (c.path, c.start))  # ties go the same way on every call
         return best_snippets(chunks, query, budget_chars)

@@ -70,12 +70,12 @@ def split_files(workspace: Path, languages: list[str], max_files: int) -> tuple[
     return files[n_heldout:], files[:n_heldout]
 
 
-def heldout_tasks(heldout: list[tuple[str, str]], tokenizer) -> list[tuple[str, str, str]]:
-    """``(prefix, suffix, middle)``: line tails and whole lines cut from the held-out files, seeded."""
+def heldout_tasks(files: list[tuple[str, str]], tokenizer, n: int) -> list[tuple[str, str, str]]:
+    """``(prefix, suffix, middle)``: line tails and whole lines cut from held-out files, seeded."""
     rng = random.Random(7)
-    sampler = InfillSampler([t for _, t in heldout], tokenizer)
+    sampler = InfillSampler([t for _, t in files], tokenizer)
     tasks = []
-    for i in range(HELDOUT_TASKS):
+    for i in range(n):
         example = sampler.sample(rng, kind="line_tail" if i % 3 else "line")
         middle = tokenizer.decode(example.middle)
         tasks.append((example.prefix, example.suffix, middle))
@@ -118,8 +118,10 @@ def tune(
     *,
     fresh: bool = False,
     say: Callable[[str], None] = print,
+    heldout: int = HELDOUT_TASKS,
 ) -> TuneRecord:
-    """Tune ``base_dir``'s weights on ``workspace`` for ``minutes`` of training (see the module doc)."""
+    """Tune ``base_dir``'s weights on ``workspace`` for ``minutes`` of training (see the module doc);
+    ``heldout`` completions measure it."""
     workspace = workspace.resolve()
     folder = tune_dir(workspace)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -129,7 +131,7 @@ def tune(
             f"tune trains models with absorbing (mask) noise, as the shipped one; {base_dir} is not one"
         )
     languages = served_languages(getattr(model.config, "code_languages", None))
-    train, heldout = split_files(workspace, languages, settings.workspace_max_files)
+    train, held = split_files(workspace, languages, settings.workspace_max_files)
     base = weights_id(base_dir)
     record = TuneRecord.load(folder)
     checkpoint = folder / CHECKPOINT
@@ -138,10 +140,10 @@ def tune(
         shutil.rmtree(folder, ignore_errors=True)
         record = TuneRecord(str(workspace), base)
     assert record is not None
-    record.train_files, record.heldout_files = len(train), len(heldout)
-    tasks = heldout_tasks(heldout, tokenizer)
+    record.train_files, record.heldout_files = len(train), len(held)
+    tasks = heldout_tasks(held, tokenizer, heldout)
     if record.before is None:
-        say(f"measuring the starting weights: {len(tasks)} line completions, {len(heldout)} held-out files")
+        say(f"measuring the starting weights: {len(tasks)} line completions, {len(held)} held-out files")
         record.before = measure(base_dir, tasks, settings)
         record.save(folder)
     say(_score_line("before", record.before))
