@@ -198,7 +198,10 @@ def _load_engine(args: argparse.Namespace):
 
     workspaces = [args.workspace] if getattr(args, "workspace", None) is not None else []
     try:
-        return load_engine(_settings(args), workspaces)
+        engine = load_engine(_settings(args), workspaces)
+        if _settings(args).backend:
+            engine.check()  # a one-shot command with a dead backend fails now, saying why
+        return engine
     except ModelLoadError as exc:
         print(f"diffgemma-ls: {exc}", file=sys.stderr)
         return None
@@ -404,6 +407,8 @@ def info(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
     if engine is None:
         return EXIT_MODEL
+    if _settings(args).backend:
+        return _print(args, _backend_info(engine))
     loaded, report = engine.loaded, describe_model(engine.model)
     code_languages = getattr(loaded.model.config, "code_languages", None)
     settings, defaults = _settings(args), engine.defaults
@@ -424,6 +429,26 @@ def info(args: argparse.Namespace) -> int:
         "languages_from": "checkpoint" if code_languages else "installed grammars (a general model)",
         **report.to_dict(),
     }
+    return _print(args, data)
+
+
+def _backend_info(backend) -> dict:
+    from diffgemma_ls.languages import served_languages
+
+    return {
+        "backend": backend.url,
+        "models": backend.check(),
+        "model": backend.model_name,
+        "prompt_format": backend.layout.format,
+        "endpoint": "/v1/chat/completions" if backend.layout.format == "chat" else "/v1/completions",
+        "canvas_length": backend.defaults.canvas_length,
+        "languages": list(served_languages(None)),
+        "api_key_from": backend.api_key_env,
+        "encrypted": backend.url.startswith("https://"),
+    }
+
+
+def _print(args: argparse.Namespace, data: dict) -> int:
     if args.json:
         print(json.dumps(data))
     else:

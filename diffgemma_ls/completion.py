@@ -73,8 +73,13 @@ def load_engine(settings: Settings, workspaces: Sequence[str | Path] = ()) -> En
 
     For the shipped model, the weights ``diffgemma-ls tune`` kept for the first of ``workspaces``
     that has them (``tuned.tuned_weights``), unless ``settings.tuned_weights`` is off;
-    ``Engine.tuned_for`` then names that workspace.
+    ``Engine.tuned_for`` then names that workspace. With ``settings.backend``, an ``HttpBackend``
+    that prompts with ``settings.model``'s tokenizer (no weights are loaded).
     """
+    if settings.backend:
+        from diffgemma_ls.backend import load_backend
+
+        return load_backend(settings.backend, settings.model, settings)  # type: ignore[return-value]
     torch.set_num_threads(settings.threads or default_threads())
     model, tuned_for = settings.model, None
     shipped = settings.tuned_weights and model in (None, "", DEFAULT_MODEL) and workspaces

@@ -53,11 +53,15 @@ class Settings:
     prefetch: bool = True
     warm_start: bool = True
     trust_remote_code: bool = False
+    backend: str | None = None
+    backend_model: str | None = None
+    backend_api_key_env: str | None = None
 
     @property
-    def model_key(self) -> tuple[str | None, str, str, str]:
+    def model_key(self) -> tuple[str | None, ...]:
         """Settings whose change means rebuilding the engine (the prompt format is resolved at load)."""
-        return (self.model, self.quantize, self.device, self.prompt_format)
+        backend = (self.backend, self.backend_model, self.backend_api_key_env)
+        return (self.model, self.quantize, self.device, self.prompt_format, *backend)
 
 
 Kind = Literal["text", "choice", "int", "bool", "list"]
@@ -191,6 +195,31 @@ SCHEMA: tuple[Option, ...] = (
     Option(
         "threads", "int", "CPU threads for the model; 0: cores - 1", "threads", "--threads", bounds=(0, 512)
     ),
+    Option(
+        "backend",
+        "text",
+        "an OpenAI-compatible server (vLLM) to complete with instead of a local model; `--model` then "
+        "names only the tokenizer to prompt with",
+        "backend",
+        "--backend",
+        nullable=True,
+    ),
+    Option(
+        "backend_model",
+        "text",
+        "the model name to ask the backend for (default: the first in its `/v1/models`)",
+        "backendModel",
+        "--backend-model",
+        nullable=True,
+    ),
+    Option(
+        "backend_api_key_env",
+        "text",
+        "the environment variable that holds the backend's API key (the key itself is never a setting)",
+        "backendApiKeyEnv",
+        "--backend-api-key-env",
+        nullable=True,
+    ),
     Option("allow_download", "bool", "let a Hugging Face id download", flag="--allow-download"),
     Option("trust_remote_code", "bool", "run a checkpoint's own code", flag="--trust-remote-code"),
     Option(
@@ -218,6 +247,9 @@ MODEL_FLAGS = (
     "allow_download",
     "tuned_weights",
     "trust_remote_code",
+    "backend",
+    "backend_model",
+    "backend_api_key_env",
 )
 SERVER_FLAGS = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")
 

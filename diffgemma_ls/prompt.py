@@ -225,6 +225,28 @@ def build_prompt(
     return FimPrompt(head=head, prefix=enc(prefix), tail=tail)
 
 
+def _chat_parts(
+    prefix: str, suffix: str, language: str, path: str
+) -> tuple[list[str | list[str]], list[str | list[str]]]:
+    """The user's message and the model turn's start, as parts: ``_Ours`` text, or the document's."""
+    fence = _fence(prefix + suffix)
+    line = prefix.rpartition("\n")[2]
+    lang = language or "code"
+    where = [_Ours(" of `"), path, _Ours("`")] if path else []
+    user = [
+        [_Ours("Fill in the missing "), lang, _Ours(" code at the cursor"), *where],
+        _Ours(f".\n\nThe code after the cursor:\n{fence}\n"),
+        suffix,
+        _Ours(f"\n{fence}\n\nThe code before the cursor:\n{fence}\n"),
+        prefix,
+        _Ours(
+            f"\n{fence}\n\nReply with one {fence} block holding only the missing code, from the cursor's "
+            "line on, so that the code before, your code and the code after form the file."
+        ),
+    ]
+    return user, [_Ours(fence), lang, _Ours("\n"), line]
+
+
 def _chat_prompt(
     tokenizer: TokenizerLike, prefix: str, suffix: str, layout: PromptLayout, language: str, path: str
 ) -> FimPrompt:
@@ -234,30 +256,22 @@ def _chat_prompt(
     document or the client (code, path, language id) with ``encode_text``, so a file that spells
     ``<turn|>`` cannot end the turn.
     """
-    fence = _fence(prefix + suffix)
-    line = prefix.rpartition("\n")[2]
-    lang = language or "code"
-    where = [_Ours(" of `"), path, _Ours("`")] if path else []
-    head = _encode(
-        tokenizer,
-        [_Ours(layout.turn_head + "Fill in the missing "), lang, _Ours(" code at the cursor"), *where],
-        _Ours(f".\n\nThe code after the cursor:\n{fence}\n"),
-        suffix,
-        _Ours(f"\n{fence}\n\nThe code before the cursor:\n{fence}\n"),
+    (opening, *head, _prefix, tail), (fence, *model_turn) = _chat_parts(prefix, suffix, language, path)
+    # template text joins the instructions it touches: tokenized as one, as the template renders it
+    opening = [_Ours(layout.turn_head + opening[0]), *opening[1:]]
+    return FimPrompt(
+        head=_encode(tokenizer, opening, *head),
+        prefix=encode_text(tokenizer, prefix),
+        tail=_encode(tokenizer, _Ours(tail + layout.turn_tail + fence), *model_turn),
     )
-    tail = _encode(
-        tokenizer,
-        _Ours(
-            f"\n{fence}\n\nReply with one {fence} block holding only the missing code, from the cursor's "
-            "line on, so that the code before, your code and the code after form the file."
-            + layout.turn_tail
-            + fence
-        ),
-        lang,
-        _Ours("\n"),
-        line,
-    )
-    return FimPrompt(head=head, prefix=encode_text(tokenizer, prefix), tail=tail)
+
+
+def chat_messages(prefix: str, suffix: str, language: str = "", path: str = "") -> list[dict[str, str]]:
+    """The chat layout as OpenAI-style messages (an HTTP backend applies the template itself): the
+    user's turn and the model's turn pre-filled up to the cursor, to be continued."""
+    user, model_turn = _chat_parts(prefix, suffix, language, path)
+    text = lambda parts: "".join(t for part in parts for t in (part if isinstance(part, list) else [part]))  # noqa: E731
+    return [{"role": "user", "content": text(user)}, {"role": "assistant", "content": text(model_turn)}]
 
 
 class _Ours(str):

@@ -35,6 +35,7 @@ from pygls.exceptions import (
 from pygls.lsp.server import LanguageServer
 
 from diffgemma_ls import __version__
+from diffgemma_ls.backend import HttpBackend
 from diffgemma_ls.config import SECTION, Settings, merge_client_settings
 from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.kinds import ModelLoadError
@@ -96,6 +97,7 @@ class DiffgemmaServer(LanguageServer):
         self.pending_problems: list[str] = []
         self.client_has_inline_completion = True
         self.folders: list[str] = []  # the workspace folders the client sent
+        self.backend_down: str | None = None  # why the HTTP backend is down, while it is
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         super().start_io(ResyncingStdin(stdin or sys.stdin.buffer), stdout)
@@ -128,6 +130,10 @@ class DiffgemmaServer(LanguageServer):
             params["message"] = s.message
         if s.tuned_for:
             params["tunedFor"] = s.tuned_for
+        if self.settings.backend:
+            params["backend"] = self.settings.backend
+            if self.backend_down:
+                params["backendDown"] = self.backend_down
         self.protocol.notify(STATUS_NOTIFICATION, params)
 
     def tell_once(
@@ -178,6 +184,9 @@ class DiffgemmaServer(LanguageServer):
                 progress = False
         try:
             engine = await self.scheduler.call(_load_engine, settings, self.folders)
+            if isinstance(engine, HttpBackend):  # it says when it goes down and comes back, from its thread
+                loop = asyncio.get_running_loop()
+                engine.on_status = lambda down: loop.call_soon_threadsafe(self._backend_status, down)
             if progress:
                 self.work_done_progress.report(token, types.WorkDoneProgressReport(message="warming up"))
             await self.scheduler.call(engine.warm_up)
@@ -187,7 +196,7 @@ class DiffgemmaServer(LanguageServer):
                 self.tell_once(str(exc))
         else:
             if generation == self._load_generation:
-                code_languages = getattr(engine.model.config, "code_languages", None)
+                code_languages = engine.code_languages
                 languages = served_languages(code_languages)
                 self.service.serve(Serving(self.settings, engine, languages))
                 tuned = str(engine.tuned_for) if engine.tuned_for else None
@@ -203,6 +212,11 @@ class DiffgemmaServer(LanguageServer):
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.model_state.state))
         if generation == self._load_generation:
             self.send_status()
+
+    def _backend_status(self, down: str | None) -> None:
+        """The backend went down (``down`` says why) or came back: one status notification each time."""
+        self.backend_down = down
+        self.send_status()
 
     def _client_supports_progress(self) -> bool:
         window = self.protocol.client_capabilities.window

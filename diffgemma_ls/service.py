@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from diffgemma_ls.config import Settings
 from diffgemma_ls.documents import DocumentStore
-from diffgemma_ls.engine.kinds import Cancelled
+from diffgemma_ls.engine.kinds import BackendUnavailable, Cancelled
 from diffgemma_ls.fill import trim_selection
 from diffgemma_ls.pace import TypingPace
 from diffgemma_ls.scheduler import ModelScheduler
@@ -233,6 +233,8 @@ class CompletionService:
             outcome = await self.scheduler.run(key, job)
         except Cancelled:
             raise Superseded("superseded by a newer request or cancelled") from None
+        except BackendUnavailable:  # said once, by the status notification (``HttpBackend.on_status``)
+            return None
         except Exception as exc:  # a crash inside one denoising run fails that request only
             log.exception("completion failed")
             self.report(f"completion failed: {type(exc).__name__}: {exc}", type(exc).__name__)

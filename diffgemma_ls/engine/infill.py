@@ -259,6 +259,11 @@ class Engine:
             )
 
     @property
+    def code_languages(self) -> list[str] | None:
+        """The languages the checkpoint says it was trained on (``None``: a general model)."""
+        return getattr(self.model.config, "code_languages", None)
+
+    @property
     def reads_snippets(self) -> bool:
         """Whether the model was trained with other files' chunks before its prompt
         (``config.cross_file_context``, set by ``model/export.py``): an untrained one is only confused."""

@@ -22,3 +22,7 @@ class ModelLoadError(RuntimeError):
 
 class Cancelled(Exception):
     """The request was cancelled (by the client or a newer request) between two denoising steps."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The HTTP backend failed this request (down, an error, garbage): the request gets no answer."""

@@ -21,10 +21,16 @@ const SERVER_KEYS = [
   "crossFileChars",
   "tunedWeights",
   "threads",
+  "backend",
+  "backendModel",
+  "backendApiKeyEnv",
 ] as const;
 
-/** Machine-scoped: only the user's (or the remote machine's) settings count, never a workspace's. */
-const MACHINE_KEYS: ReadonlySet<string> = new Set(["model"]);
+/**
+ * Machine-scoped: only the user's (or the remote machine's) settings count, never a workspace's: a
+ * repository must not pick the model, the server its code is sent to, or the variable read as a key.
+ */
+const MACHINE_KEYS: ReadonlySet<string> = new Set(["model", "backend", "backendModel", "backendApiKeyEnv"]);
 
 function config(): vscode.WorkspaceConfiguration {
   return vscode.workspace.getConfiguration(SECTION);
