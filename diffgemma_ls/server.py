@@ -40,7 +40,7 @@ from diffgemma_ls.config import SECTION, Settings, merge_client_settings
 from diffgemma_ls.documents import DocumentStore, UnknownDocument, units
 from diffgemma_ls.engine.kinds import ModelLoadError
 from diffgemma_ls.fill import fill_target
-from diffgemma_ls.languages import served_languages
+from diffgemma_ls.languages import LANGUAGE_BY_EXTENSION, served_languages
 from diffgemma_ls.pace import TypingPace
 from diffgemma_ls.protocol import Protocol, ResyncingStdin, valid_text
 from diffgemma_ls.scheduler import ModelScheduler
@@ -245,6 +245,7 @@ class DiffgemmaServer(LanguageServer):
             "prefetching": service.prefetching,
             "promptCaches": engine.cached_documents if engine is not None else 0,
             "modelQueue": self.scheduler.queued,
+            "workspaceFiles": len(service.workspace) if service.workspace is not None else 0,
             "autoDebounceMs": round(self.pace.delay_ms()),
             **service.stats,
             **(engine.totals if engine is not None else {}),
@@ -338,6 +339,39 @@ async def initialized(ls: DiffgemmaServer, params: types.InitializedParams) -> N
             workspace.update(unquote(urlparse(uri).path), ls.documents.get(uri).text)
         ls.service.workspace = workspace
         log.info("workspace: %d source files from %d folder(s)", len(workspace), len(ls.folders))
+        await _watch_files(ls)
+
+
+async def _watch_files(ls: DiffgemmaServer) -> None:
+    """Ask the client to report changes to source files on disk (a checkout, a generator, another tool)."""
+    caps = ls.protocol.client_capabilities.workspace
+    watched = caps.did_change_watched_files if caps else None
+    if not (watched and watched.dynamic_registration):
+        return
+    pattern = "**/*.{" + ",".join(sorted(ext.lstrip(".") for ext in LANGUAGE_BY_EXTENSION)) + "}"
+    options = types.DidChangeWatchedFilesRegistrationOptions(
+        watchers=[types.FileSystemWatcher(glob_pattern=pattern)]
+    )
+    registration = types.Registration("diffgemma-watch", types.WORKSPACE_DID_CHANGE_WATCHED_FILES, options)
+    try:
+        await ls.client_register_capability_async(types.RegistrationParams([registration]))
+    except Exception:  # the client cannot watch: the editor's own copies still keep the index current
+        log.warning("the client did not register the file watcher", exc_info=True)
+
+
+async def did_change_watched_files(ls: DiffgemmaServer, params: types.DidChangeWatchedFilesParams) -> None:
+    """Files changed on disk: read them off the event loop, then update the index on it."""
+    workspace = ls.service.workspace
+    if workspace is None:
+        return
+    paths = [
+        unquote(urlparse(change.uri).path)
+        for change in params.changes
+        if change.uri.startswith("file://") and change.uri not in ls.documents  # the editor's copy wins
+    ]
+    texts = await asyncio.get_running_loop().run_in_executor(None, lambda: [workspace.read(p) for p in paths])
+    for path, text in zip(paths, texts, strict=True):
+        workspace.reload(path, text)
 
 
 async def did_change_configuration(ls: DiffgemmaServer, params: types.DidChangeConfigurationParams) -> None:
@@ -498,6 +532,7 @@ FEATURES: tuple[tuple[str, Any, Any], ...] = (
     (types.TEXT_DOCUMENT_DID_CHANGE, None, did_change),
     (types.TEXT_DOCUMENT_DID_CLOSE, None, did_close),
     (types.TEXT_DOCUMENT_DID_SAVE, None, did_save),
+    (types.WORKSPACE_DID_CHANGE_WATCHED_FILES, None, did_change_watched_files),
     (types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions(), inline_completion),
     (
         types.TEXT_DOCUMENT_CODE_ACTION,

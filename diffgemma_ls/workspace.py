@@ -196,6 +196,18 @@ class Workspace:
         self._edited[key] = text
         self._put(key, text)
 
+    def read(self, path: str) -> str | None:
+        """The disk's text of ``path`` if it belongs in the index (``None``: deleted, or not wanted)."""
+        return _wanted(Path(path)) if self.contains(path) else None
+
+    def reload(self, path: str, text: str | None) -> None:
+        """A file changed on disk (a watcher saw it; ``text`` from ``read``) and is not open in the
+        editor: the disk's copy is the one to keep now."""
+        if self.contains(path):
+            key = str(Path(path).resolve())
+            self._edited.pop(key, None)
+            self._put(key, text)
+
     def snippets(self, prefix: str, suffix: str, path: str, budget_chars: int) -> list[Snippet]:
         """Chunks of the other files that best match the code around the cursor in ``path``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -101,3 +102,36 @@ def test_an_explicit_request_gets_the_workspace_rival(tmp_path: Path, random_mod
     assert asked is not None and "Equal(result, Number(12))" in asked.rivals
     typing = plan(text, at, "python", Settings(), engine, workspace=workspace)
     assert typing is not None and typing.rivals == ()  # as you type: no pass to spare
+
+
+async def test_files_changed_on_disk_reach_the_index(tmp_path: Path, random_model_dir: Path) -> None:
+    from tests.test_robustness_support import RawServer
+
+    write(tmp_path, {"pkg/test_a.py": SIBLING})
+    server = await RawServer.start("--model", str(random_model_dir))
+    try:
+        caps = {
+            "textDocument": {"inlineCompletion": {}},
+            "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": True}},
+        }
+        root = tmp_path.as_uri()
+        await server.initialize(
+            capabilities=caps, rootUri=root, workspaceFolders=[{"uri": root, "name": "w"}]
+        )
+        await server.wait_for_state("ready", "error")
+        for _ in range(100):  # the scan runs beside the model's load
+            if (await server.debug_state())["workspaceFiles"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert (await server.debug_state())["workspaceFiles"] == 1
+        added = write(tmp_path, {"pkg/test_b.py": SIBLING.replace("parse", "load")}) / "pkg" / "test_b.py"
+        outside = tmp_path.parent / "outside.py"
+        outside.write_text(SIBLING)
+        changes = [{"uri": added.as_uri(), "type": 1}, {"uri": outside.as_uri(), "type": 1}]
+        server.notify("workspace/didChangeWatchedFiles", {"changes": changes})
+        assert (await server.debug_state())["workspaceFiles"] == 2  # never a file outside the folders
+        added.unlink()
+        server.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": added.as_uri(), "type": 3}]})
+        assert (await server.debug_state())["workspaceFiles"] == 1
+    finally:
+        await server.close()

@@ -15,6 +15,12 @@ request's alternatives are measured apart, see docs/benchmarks.md, candidates). 
 ``protocol`` is client minus server: serialization, pipes and the event loop. The server runs its
 defaults (adaptive decoding, its latency budget), so these numbers are what a user gets; requests
 the budget cut short are counted. The first request is reported apart, as cold.
+
+With ``--backend URL`` the server completes through an OpenAI-compatible server instead, so the
+two paths can be timed on the same tasks:
+
+    python -m diffgemma_ls.bench.lsp_latency --requests 60
+    python -m diffgemma_ls.bench.lsp_latency --requests 60 --backend http://127.0.0.1:8000 --model DIR
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ def _server_command(settings: Settings, log_file: str) -> list[str]:
         ("--quantize", settings.quantize),
         ("--device", settings.device),
         ("--threads", settings.threads or None),
+        ("--backend", settings.backend),
     ):
         if value is not None:
             command += [flag, str(value)]
@@ -169,3 +176,26 @@ def measure_lsp(settings: Settings, tasks: list[Task], requests: int) -> dict[st
         "logged_timings": len(timings),
         "stages": stages,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from diffgemma_ls.bench.tasks import load_tasks
+
+    ap = argparse.ArgumentParser(description="LSP latency of explicit requests over stdio")
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--model", help="model folder (with --backend: the tokenizer to prompt with)")
+    ap.add_argument("--backend", help="an OpenAI-compatible server to complete with")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    tasks, _ = load_tasks(("ho-line", "ho-tail", "ho-block"), args.requests)
+    settings = Settings(model=args.model, backend=args.backend, threads=args.threads)
+    result = measure_lsp(settings, tasks, args.requests)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
