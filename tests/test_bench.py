@@ -214,3 +214,34 @@ def test_quantizations_side_by_side(
     for mode in plan.modes:
         assert 0 <= rows["8bit", mode]["agreement_vs_none"] <= 1
     assert {r["suite"] for r in result["suite_rows"]} == {"he-line", "ho-line"}
+
+
+def test_the_repository_bench_prints_every_row(
+    tmp_path: Path, random_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffgemma_ls.bench import repos
+    from tests.test_tune import make_repo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))  # restored after main sets its own
+
+    repo = make_repo(tmp_path / "repo", files=12)
+    out = tmp_path / "out"
+    argv = [
+        "--repo",
+        str(repo),
+        "--model",
+        str(random_model_dir),
+        "--tune-minutes",
+        "0.02",
+        "--per-kind",
+        "2",
+    ]
+    assert repos.main([*argv, "--threads", "1", "--out", str(out)]) == 0
+    report = (out / "results.md").read_text()
+    for row in repos.ROWS:
+        assert f"| {row} |" in report
+    (result,) = json.loads((out / "results.json").read_text())
+    assert result["tune_steps"] > 0 and result["bench_files"] >= 1
+    tasks = {r["task"] for r in result["rows"]["file only"]}
+    assert len(tasks) == len(result["rows"]["empty"]) > 0
+    assert (out / "cache").is_dir() and not (tmp_path / "user-cache").exists()  # not the user's cache

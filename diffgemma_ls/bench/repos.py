@@ -16,7 +16,8 @@ Each task is completed as the server completes an explicit request, in the rows:
   workspace; ``empty``: no completion.
 
 Rows are compared per task against ``file only`` and against ``nearest line`` with 95% paired
-bootstrap intervals. The tune's weights go to ``--out``'s cache, not the user's.
+bootstrap intervals. The tune's weights go to ``--out``'s cache, not the user's;
+``--tune-minutes 0`` leaves the tuned rows out.
 
     python -m diffgemma_ls.bench.repos --tune-minutes 10 --threads 1 --out bench-repos
 """
@@ -124,18 +125,20 @@ def bench_repo(root: Path, args: argparse.Namespace, settings: Settings) -> dict
         (tune_root / relative).write_text(text)
     base = Path(resolve_model_path(settings.model))
     started = time.monotonic()
-    record = tune(
-        tune_root, base, args.tune_minutes, settings, fresh=True, say=lambda m: print(f"  tune: {m}")
-    )
+    record = None
+    if args.tune_minutes > 0:
+        say = lambda message: print(f"  tune: {message}")  # noqa: E731
+        record = tune(tune_root, base, args.tune_minutes, settings, fresh=True, say=say)
     tune_seconds = time.monotonic() - started
     workspace = Workspace([root])
     workspace.scan()
     plain = load_engine(settings)
-    tuned = load_engine(settings, [tune_root]) if record.kept else plain
-    engines = {"file only": (plain, None), "+ context": (plain, workspace),
-               "+ tuned": (tuned, None), "tuned + context": (tuned, workspace)}  # fmt: skip
+    engines = {"file only": (plain, None), "+ context": (plain, workspace)}
+    if record is not None:
+        tuned = load_engine(settings, [tune_root]) if record.kept else plain
+        engines |= {"+ tuned": (tuned, None), "tuned + context": (tuned, workspace)}
     scorer = Scorer()
-    rows: dict[str, list[dict]] = {row: [] for row in ROWS}
+    rows: dict[str, list[dict]] = {row: [] for row in [*engines, "nearest line", "empty"]}
     for i, task in enumerate(tasks):
         answers = {name: _complete(engine, task, settings, ws) for name, (engine, ws) in engines.items()}
         floor = nearest_line_completion(task.prefix, task.suffix) or workspace.nearest_line(
@@ -156,17 +159,18 @@ def bench_repo(root: Path, args: argparse.Namespace, settings: Settings) -> dict
         "bench_files": len(bench_files),
         "tune_minutes": args.tune_minutes,
         "tune_seconds": round(tune_seconds, 1),
-        "tune_steps": record.steps,
-        "tune_kept": record.kept,
-        "tune_before": vars(record.before) if record.before else None,
-        "tune_after": vars(record.after) if record.after else None,
+        "tune_steps": record.steps if record else 0,
+        "tune_kept": record.kept if record else False,
+        "tune_before": vars(record.before) if record and record.before else None,
+        "tune_after": vars(record.after) if record and record.after else None,
         "rows": rows,
     }
 
 
 def summarize(results: list[dict]) -> str:
     """The Markdown report: per row, line exact / similarity and block similarity, with intervals."""
-    rows = {name: [r for result in results for r in result["rows"][name]] for name in ROWS}
+    names = [name for name in ROWS if name in results[0]["rows"]]
+    rows = {name: [r for result in results for r in result["rows"][name]] for name in names}
     lines = ["| row | line exact | line edit sim | block edit sim | line exact vs file only (95%) "
              "| line exact vs nearest line (95%) | p50 ms |", "|---|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
     pct = lambda values: f"{100 * fmean(values):.1f}%" if values else "-"  # noqa: E731
@@ -179,7 +183,7 @@ def summarize(results: list[dict]) -> str:
         mean, low, high = paired_difference(ours, theirs)
         return f"{100 * mean:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})"
 
-    for name in ROWS:
+    for name in names:
         line = [r for r in rows[name] if r["kind"] == "line"]
         block = [r for r in rows[name] if r["kind"] == "block"]
         ms = [r["ms"] for r in rows[name] if r["ms"] > 0]
