@@ -7,6 +7,9 @@ export interface ServerStatus {
   model: string;
   lastLatencyMs: number | null;
   message?: string;
+  tunedFor?: string;
+  backend?: string;
+  backendDown?: string;
 }
 
 /** One status bar item: loading, ready (model and last latency), off, or error (click for the log). */
@@ -39,8 +42,13 @@ export class StatusItem implements vscode.Disposable {
   }
 
   private render(): void {
-    const { state, model, lastLatencyMs, message } = this.status;
-    const name = model ? path.basename(model) : "";
+    const { state, model, lastLatencyMs, message, tunedFor, backend, backendDown } = this.status;
+    const name = backend ? "backend" : model ? path.basename(model) : "";
+    const serving = backend
+      ? `${backend} (prompts from ${model})`
+      : tunedFor
+        ? `${model}, tuned for ${tunedFor}`
+        : model;
     const item = this.item;
     item.backgroundColor = undefined;
     item.command = "diffgemma.toggle";
@@ -49,16 +57,21 @@ export class StatusItem implements vscode.Disposable {
       item.tooltip = `DiffGemma: ${message ?? "error"}\nClick for the server log.`;
       item.command = "diffgemma.showLog";
       item.backgroundColor = new vscode.ThemeColor("statusBarItem.errorBackground");
+    } else if (backendDown) {
+      item.text = "$(warning) DiffGemma: backend down";
+      item.tooltip = `DiffGemma: ${backendDown}\nCompletions resume when it answers. Click for the server log.`;
+      item.command = "diffgemma.showLog";
+      item.backgroundColor = new vscode.ThemeColor("statusBarItem.warningBackground");
     } else if (state === "loading") {
       item.text = `$(loading~spin) DiffGemma: loading${name ? ` ${name}` : ""}`;
       item.tooltip = `DiffGemma: loading ${model || "the server"}…`;
     } else if (!this.enabled) {
       item.text = `$(circle-slash) DiffGemma: off`;
-      item.tooltip = `DiffGemma (${model}) is ready; inline completions are off.\nClick to turn them on.`;
+      item.tooltip = `DiffGemma (${serving}) is ready; inline completions are off.\nClick to turn them on.`;
     } else {
       const latency = lastLatencyMs === null ? "" : ` · ${Math.round(lastLatencyMs)} ms`;
-      item.text = `$(sparkle) ${name}${latency}`;
-      item.tooltip = `DiffGemma: ${model} is ready${latency ? `, last completion took${latency.slice(2)}` : ""}.\nClick to turn inline completions off.`;
+      item.text = `$(sparkle) ${name}${tunedFor ? " (tuned)" : ""}${latency}`;
+      item.tooltip = `DiffGemma: ${serving} is ready${latency ? `, last completion took${latency.slice(2)}` : ""}.\nClick to turn inline completions off.`;
     }
   }
 }
