@@ -30,7 +30,8 @@ M.defaults = {
 M.last_fill = nil
 
 --- The server's last `diffgemma/status`: `{ state = 'loading'|'ready'|'error', model, lastLatencyMs,
---- languages, message }` (`languages`: the language ids the loaded model completes).
+--- languages, message, tunedFor, backend, backendDown }` (`languages`: the language ids the loaded
+--- model completes; `backendDown`: why an HTTP backend is not answering).
 M.status = nil
 
 --- Whether the server completes `bufnr`'s filetype (unknown until the model is loaded: yes).
@@ -64,6 +65,9 @@ function M.statusline()
   local status = M.status
   if not status then
     return ''
+  end
+  if status.backendDown then
+    return 'diffgemma: backend down'
   end
   if status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
     return ('diffgemma: ready %d ms'):format(status.lastLatencyMs)
