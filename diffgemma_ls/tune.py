@@ -6,8 +6,9 @@ training on the repository's own files can teach it some. The run:
 1. lists the workspace's source files as the server indexes them (``workspace.source_files``:
    git-ignored, vendored, generated, binary and huge files skipped) in the languages the model
    completes, and holds out a tenth of the files (at least two; by a hash of their paths) for measuring;
-2. measures the starting weights on line completions cut from the held-out files, as the server
-   completes them (``completion.complete_text``: context, decoding, post-processing);
+2. measures the starting weights on line completions cut from the held-out files (as the bench cuts
+   them), answered as the server answers an explicit request (``completion.complete_text``:
+   context, decoding, the copy rival, post-processing);
 3. trains with the shipped model's own objective (``training.objective``) on examples cut from
    the other files, with cross-file context from the same folder when the model reads it, for the
    wall-clock budget, checkpointing every ``CHECKPOINT_SECONDS`` (a later ``tune`` resumes);
@@ -31,7 +32,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
-from diffgemma_ls.bench.metrics import edit_similarity
+from diffgemma_ls.bench.metrics import edit_similarity, normalize
+from diffgemma_ls.bench.tasks import Task, cut_file
 from diffgemma_ls.config import Settings
 from diffgemma_ls.languages import language_for, served_languages
 from diffgemma_ls.training.examples import InfillSampler, make_batch, packages
@@ -70,30 +72,32 @@ def split_files(workspace: Path, languages: list[str], max_files: int) -> tuple[
     return files[n_heldout:], files[:n_heldout]
 
 
-def heldout_tasks(files: list[tuple[str, str]], tokenizer, n: int) -> list[tuple[str, str, str]]:
-    """``(prefix, suffix, middle)``: line tails and whole lines cut from held-out files, seeded."""
-    rng = random.Random(7)
-    sampler = InfillSampler([t for _, t in files], tokenizer)
-    tasks = []
-    for i in range(n):
-        example = sampler.sample(rng, kind="line_tail" if i % 3 else "line")
-        middle = tokenizer.decode(example.middle)
-        tasks.append((example.prefix, example.suffix, middle))
-    return tasks
+def heldout_tasks(workspace: Path, files: list[tuple[str, str]], n: int) -> list[Task]:
+    """Up to ``n`` whole-line and line-tail tasks cut from the held-out files as the bench cuts them."""
+    per_kind = -(-n // (2 * len(files))) + 1
+    tasks = [
+        task
+        for relative, text in files
+        for task in cut_file(relative, text, per_kind, folder=workspace)
+        if task.mode == "line"
+    ]
+    random.Random(7).shuffle(tasks)
+    return tasks[:n]
 
 
-def measure(model_dir: Path, tasks: list, settings: Settings) -> Score:
-    """Line completions of the model folder on ``tasks``, through the server's own pipeline."""
+def measure(model_dir: Path, tasks: list[Task], settings: Settings) -> Score:
+    """The model folder's answers to ``tasks`` as the server gives them on an explicit request
+    (context, decoding, the copy rival, post-processing): what a user of the tuned weights gets."""
     from diffgemma_ls.completion import complete_text, load_engine
 
     engine = load_engine(Settings(model=str(model_dir), threads=settings.threads, prompt_caches=0))
     exact, similarity = 0, 0.0
-    for prefix, suffix, middle in tasks:
-        outcome = complete_text(engine, prefix, suffix, "python", "line", settings, copy_rival=False)
+    for task in tasks:
+        outcome = complete_text(engine, task.prefix, task.suffix, "python", "line", settings, path=task.path)
         answer = outcome.completion.text if outcome.completion else ""
-        exact += answer.strip() == middle.strip()
-        similarity += edit_similarity(answer.strip(), middle.strip())
-    return Score(len(tasks), exact / len(tasks), similarity / len(tasks))
+        exact += normalize(answer) == normalize(task.target)
+        similarity += edit_similarity(answer, task.target)
+    return Score(len(tasks), exact / max(1, len(tasks)), similarity / max(1, len(tasks)))
 
 
 def _save_weights(model: DiffusionGemmaForBlockDiffusion, tokenizer, out: Path) -> None:
@@ -141,7 +145,9 @@ def tune(
         record = TuneRecord(str(workspace), base)
     assert record is not None
     record.train_files, record.heldout_files = len(train), len(held)
-    tasks = heldout_tasks(held, tokenizer, heldout)
+    tasks = heldout_tasks(workspace, held, heldout)
+    if not tasks:
+        raise TuneError(f"none of the held-out files of {workspace} parses: nothing to measure a tune on")
     if record.before is None:
         say(f"measuring the starting weights: {len(tasks)} line completions, {len(held)} held-out files")
         record.before = measure(base_dir, tasks, settings)
