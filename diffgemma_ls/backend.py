@@ -47,6 +47,7 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
 TIMEOUTS_BEFORE_DOWN = 3  # consecutive requests cut by their deadline before the backend counts as down
 PROBE_TIMEOUT_S = 5.0  # for /v1/models
 POLL_S = 0.02  # how often a waiting request looks at its cancellation and deadline
+REQUEST_ERRORS = frozenset({400, 413, 422})  # the request's fault (a prompt too long): no backoff
 
 
 def is_loopback(host: str) -> bool:
@@ -68,11 +69,19 @@ class _Exchange:
         self.status = 0
         self.payload = b""
         self.error: Exception | None = None
+        self._aborted = False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, args=(method, path, body, headers), daemon=True)
         self._thread.start()
 
     def _run(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> None:
         try:
+            self.connection.connect()
+            with self._lock:  # an abort during connect(): never send
+                if self._aborted:
+                    self.connection.close()
+                    return
+                self.connection.auto_open = 0  # an abort from now on must not reconnect and send
             self.connection.request(method, path, body=body, headers=headers)
             response = self.connection.getresponse()
             self.status, self.payload = response.status, response.read()
@@ -83,11 +92,13 @@ class _Exchange:
 
     def abort(self) -> None:
         """Close the socket under the request: the server sees the client leave and stops generating."""
-        sock = self.connection.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed by the other side
-                sock.shutdown(socket.SHUT_RDWR)
-        self.connection.close()
+        with self._lock:
+            self._aborted = True
+            sock = self.connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed by the other side
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.connection.close()
 
 
 class HttpBackend:
@@ -126,6 +137,7 @@ class HttpBackend:
         self._failures = 0
         self._timeouts = 0
         self._retry_at = 0.0
+        self._request_errors_seen: set[int] = set()
         self._lock = threading.Lock()
 
     # -- the Engine interface the server and the CLI use --------------------------------------
@@ -151,10 +163,12 @@ class HttpBackend:
         except ModelLoadError as exc:
             self._failed(str(exc))
 
-    def check(self) -> list[str]:
+    def check(self, deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> list[str]:
         """The models the backend serves; ``ModelLoadError`` with the reason when it cannot say."""
+        probe_deadline = time.monotonic() + PROBE_TIMEOUT_S
+        deadline = probe_deadline if deadline is None else min(deadline, probe_deadline)
         try:
-            status, payload = self._exchange("GET", "/v1/models", None, time.monotonic() + PROBE_TIMEOUT_S)
+            status, payload = self._exchange("GET", "/v1/models", None, deadline, cancelled)
             models = [m["id"] for m in json.loads(payload)["data"]] if status == 200 else None
         except (OSError, http.client.HTTPException, TimeoutError) as exc:
             raise ModelLoadError(f"backend {self.url} cannot be reached: {_reason(exc)}") from None
@@ -188,15 +202,20 @@ class HttpBackend:
         from diffgemma_ls.engine.infill import DecodeOptions, InfillResult
 
         options = options or DecodeOptions()
+        started = time.perf_counter()
+        if cancelled is not None and cancelled():
+            raise Cancelled
+        deadline = deadline if deadline is not None else time.monotonic() + 30.0
+        if time.monotonic() >= deadline:  # spent waiting for the model thread: not the backend's fault
+            return InfillResult("", 0, 0.0, 0.0, 0.0, 0.0, 0, budget_exhausted=True)
         if time.monotonic() < self._retry_at:
             raise BackendUnavailable(self.down or "the backend is down")
         if self.model_name is None:
-            self.warm_up()
-            if self.model_name is None:
-                raise BackendUnavailable(self.down or "the backend is down")
-        deadline = deadline if deadline is not None else time.monotonic() + 30.0
+            try:
+                self.check(deadline, cancelled)
+            except ModelLoadError as exc:
+                raise BackendUnavailable(self._failed(str(exc))) from None
         path_, body = self._body(prefix, suffix, options, language, path)
-        started = time.perf_counter()
         self.totals["modelCalls"] += 1
         try:
             status, payload = self._exchange("POST", path_, body, deadline, cancelled)
@@ -241,7 +260,13 @@ class HttpBackend:
     def _texts(self, status: int, payload: bytes) -> list[str]:
         if status != 200:
             detail = payload[:200].decode("utf-8", "replace").strip()
-            raise BackendUnavailable(self._failed(f"backend {self.url} answered HTTP {status}: {detail}"))
+            message = f"backend {self.url} answered HTTP {status}: {detail}"
+            if status in REQUEST_ERRORS:  # this request (too long a prompt, `n` unsupported): not the backend
+                if status not in self._request_errors_seen:
+                    self._request_errors_seen.add(status)
+                    log.warning("%s", message)
+                raise BackendUnavailable(message)
+            raise BackendUnavailable(self._failed(message))
         try:
             choices = json.loads(payload)["choices"]
             texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
@@ -281,6 +306,8 @@ class HttpBackend:
         cancelled: Callable[[], bool] | None = None,
     ) -> tuple[int, bytes]:
         """``(status, payload)``; ``TimeoutError`` past ``deadline``, ``Cancelled`` when cancelled."""
+        if cancelled is not None and cancelled():
+            raise Cancelled
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError

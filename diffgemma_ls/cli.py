@@ -109,9 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object")
     _workspace_flag(info)
 
+    # the shipped model only: its tuned weights are what the server swaps in for a workspace
+    not_for_tune = ("model", "quantize", "device", "prompt_format", "tuned_weights",
+                    "backend", "backend_model", "backend_api_key_env")  # fmt: skip
     tune = sub.add_parser(
         "tune",
-        parents=[_model_flags(skip=("quantize", "device", "prompt_format", "tuned_weights"))],
+        parents=[_model_flags(skip=not_for_tune)],
         help="adapt the shipped model to a repository's own code (CPU, minutes); the server then uses it",
     )
     tune.add_argument("workspace", nargs="?", type=Path, default=Path("."), help="repository (default: .)")

@@ -7,6 +7,7 @@ Shared by the server, ``diffgemma-ls infill`` and the bench, so all three measur
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from diffgemma_ls.prompt import encode_text
 from diffgemma_ls.snippets import Snippet
 from diffgemma_ls.tuned import tuned_weights
 from diffgemma_ls.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 # Block completions continue over several canvases (block-autoregressive), as generate() does.
 BLOCK_CANVASES = 3
@@ -86,13 +89,20 @@ def load_engine(settings: Settings, workspaces: Sequence[str | Path] = ()) -> En
     if shipped and (found := tuned_weights(workspaces, default_model_path())) is not None:
         tuned_for, weights = found
         model = str(weights)
-    loaded = load_model(
-        model,
+    load = lambda name: load_model(  # noqa: E731
+        name,
         quantize=settings.quantize,
         device=settings.device,
         allow_download=settings.allow_download,
         trust_remote_code=settings.trust_remote_code,
     )
+    try:
+        loaded = load(model)
+    except ModelLoadError as exc:
+        if tuned_for is None:
+            raise
+        log.warning("the tuned weights for %s do not load (%s); serving the shipped ones", tuned_for, exc)
+        loaded, tuned_for = load(settings.model), None
     try:
         engine = Engine(
             loaded,

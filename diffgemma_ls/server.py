@@ -168,6 +168,7 @@ class DiffgemmaServer(LanguageServer):
 
     async def _load_model(self, generation: int) -> None:
         settings = self.settings
+        self.backend_down = None  # a new engine: what the last one said no longer holds
         name = settings.model or "default"
         self.model_state = ModelState(state="loading", model=name)
         self.service.serve(Serving(settings))
@@ -186,7 +187,8 @@ class DiffgemmaServer(LanguageServer):
             engine = await self.scheduler.call(_load_engine, settings, self.folders)
             if isinstance(engine, HttpBackend):  # it says when it goes down and comes back, from its thread
                 loop = asyncio.get_running_loop()
-                engine.on_status = lambda down: loop.call_soon_threadsafe(self._backend_status, down)
+                report = self._backend_status
+                engine.on_status = lambda down: loop.call_soon_threadsafe(report, down, generation)
             if progress:
                 self.work_done_progress.report(token, types.WorkDoneProgressReport(message="warming up"))
             await self.scheduler.call(engine.warm_up)
@@ -213,8 +215,10 @@ class DiffgemmaServer(LanguageServer):
         if generation == self._load_generation:
             self.send_status()
 
-    def _backend_status(self, down: str | None) -> None:
+    def _backend_status(self, down: str | None, generation: int) -> None:
         """The backend went down (``down`` says why) or came back: one status notification each time."""
+        if generation != self._load_generation:  # an engine since replaced
+            return
         self.backend_down = down
         self.send_status()
 
@@ -364,14 +368,12 @@ async def did_change_watched_files(ls: DiffgemmaServer, params: types.DidChangeW
     workspace = ls.service.workspace
     if workspace is None:
         return
-    paths = [
-        unquote(urlparse(change.uri).path)
-        for change in params.changes
-        if change.uri.startswith("file://") and change.uri not in ls.documents  # the editor's copy wins
-    ]
-    texts = await asyncio.get_running_loop().run_in_executor(None, lambda: [workspace.read(p) for p in paths])
-    for path, text in zip(paths, texts, strict=True):
-        workspace.reload(path, text)
+    uris = [c.uri for c in params.changes if c.uri.startswith("file://") and c.uri not in ls.documents]
+    paths = [unquote(urlparse(uri).path) for uri in uris]
+    texts = await asyncio.get_running_loop().run_in_executor(None, workspace.read_all, paths)
+    for uri, path, text in zip(uris, paths, texts, strict=True):
+        if uri not in ls.documents:  # the editor's copy wins, also when it was opened meanwhile
+            workspace.reload(path, text)
 
 
 async def did_change_configuration(ls: DiffgemmaServer, params: types.DidChangeConfigurationParams) -> None:

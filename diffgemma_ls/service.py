@@ -178,7 +178,10 @@ class CompletionService:
         from diffgemma_ls.completion import plan
 
         self.typeahead.forget(uri)
-        request = plan(doc.text, offset, doc.language_id, settings, serving.engine)
+        workspace = self.workspace if settings.workspace_context else None
+        request = plan(
+            doc.text, offset, doc.language_id, settings, serving.engine, uri=uri, workspace=workspace
+        )
         if request is None:
             return
         self.stats["prefetches"] += 1
@@ -269,6 +272,7 @@ class CompletionService:
             serving.engine,
             uri=uri,
             candidates=settings.candidates,
+            workspace=self.workspace if settings.workspace_context else None,
         )
         budget = FILL_BUDGET_FACTOR * settings.latency_budget_ms / 1000
         outcome = await self._run(uri + FILL_KEY, uri, request, time.monotonic() + budget)

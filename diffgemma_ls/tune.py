@@ -148,6 +148,10 @@ def tune(
     tasks = heldout_tasks(workspace, held, heldout)
     if not tasks:
         raise TuneError(f"none of the held-out files of {workspace} parses: nothing to measure a tune on")
+    key = hashlib.sha1("\0".join([t.task_id for t in tasks]).encode()).hexdigest()
+    if record.heldout_key != key:  # new tasks (the files changed): earlier scores do not compare
+        record.heldout_key, record.before = key, None
+        record.after = None
     if record.before is None:
         say(f"measuring the starting weights: {len(tasks)} line completions, {len(held)} held-out files")
         record.before = measure(base_dir, tasks, settings)
@@ -157,7 +161,7 @@ def tune(
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)  # the user waits for it: every core
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
     if resume:
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         say(f"resuming after {record.steps} steps ({record.train_seconds / 60:.1f} minutes)")
@@ -206,23 +210,34 @@ def tune(
 
     candidate = folder / "candidate"
     _save_weights(model, tokenizer, candidate)
-    record.after = measure(candidate, tasks, settings)
-    say(_score_line("after", record.after))
-    record.kept = record.after.similarity > record.before.similarity
+    score = measure(candidate, tasks, settings)
+    say(_score_line("after", score))
     kept_dir = folder / WEIGHTS
-    if kept_dir.exists():
-        shutil.rmtree(kept_dir)
-    if record.kept:
-        candidate.rename(kept_dir)
+    best = record.after if record.kept and record.after is not None and kept_dir.is_dir() else record.before
+    better = score.similarity > best.similarity
+    if better:
+        _replace(kept_dir, candidate)
+        record.kept, record.after = True, score
         say(f"kept: the server uses these weights for files in {workspace} ({kept_dir})")
     else:
         shutil.rmtree(candidate)
-        say("not kept: the tune did not improve held-out completions; the starting weights stay in use")
-    record.history.append(
-        {"minutes": minutes, "steps": record.steps, "after": vars(record.after), "kept": record.kept}
-    )
+        if not record.kept:
+            record.after = score
+        which = "the weights kept before" if record.kept else "the starting weights"
+        say(f"not kept: this tune did not improve held-out completions; {which} stay in use")
+    record.history.append({"minutes": minutes, "steps": record.steps, "score": vars(score), "kept": better})
     record.save(folder)
     return record
+
+
+def _replace(kept_dir: Path, candidate: Path) -> None:
+    """Swap in the candidate weights so that a kill at any point leaves a loadable folder or none."""
+    old = kept_dir.with_name(WEIGHTS + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if kept_dir.exists():
+        kept_dir.rename(old)
+    candidate.rename(kept_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _checkpoint(model, opt, record: TuneRecord, folder: Path) -> None:

@@ -63,8 +63,9 @@ class TuneRecord:
     steps: int = 0
     tokens: int = 0
     train_seconds: float = 0.0
-    before: Score | None = None
-    after: Score | None = None
+    heldout_key: str = ""  # which held-out tasks ``before`` and ``after`` were measured on
+    before: Score | None = None  # the starting weights
+    after: Score | None = None  # the kept weights, or the last tune's when none is kept
     kept: bool = False
     history: list[dict] = field(default_factory=list)  # one row per ``tune`` run
 

@@ -196,9 +196,37 @@ class Workspace:
         self._edited[key] = text
         self._put(key, text)
 
-    def read(self, path: str) -> str | None:
-        """The disk's text of ``path`` if it belongs in the index (``None``: deleted, or not wanted)."""
-        return _wanted(Path(path)) if self.contains(path) else None
+    def read_all(self, paths: list[str]) -> list[str | None]:
+        """The disk's text of each path if it belongs in the index as a scan would have it: under a
+        folder, not in ``SKIP_DIRS`` or a hidden folder, not git-ignored, a wanted file (else ``None``)."""
+        kept = [p if self._scannable(Path(p)) else None for p in paths]
+        ignored = self._ignored([p for p in kept if p is not None])
+        return [_wanted(Path(p)) if p is not None and p not in ignored else None for p in kept]
+
+    def _scannable(self, path: Path) -> bool:
+        resolved = path.resolve()
+        for root in self.roots:
+            if resolved.is_relative_to(root):
+                folders = resolved.relative_to(root).parts[:-1]
+                return not any(part in SKIP_DIRS or part.startswith(".") for part in folders)
+        return False
+
+    def _ignored(self, paths: list[str]) -> set[str]:
+        """The paths git ignores, for the folders that are a repository's top (as ``_candidates``)."""
+        ignored: set[str] = set()
+        for root in self.roots:
+            mine = [p for p in paths if Path(p).resolve().is_relative_to(root)]
+            if not mine or not (root / ".git").exists():
+                continue
+            command = ["git", "-c", "core.fsmonitor=false", "-C", str(root), "check-ignore", "--stdin", "-z"]
+            try:
+                found = subprocess.run(
+                    command, input="\0".join(mine).encode(), capture_output=True, timeout=20
+                ).stdout.decode("utf-8", "surrogateescape")
+            except (OSError, subprocess.SubprocessError):
+                continue
+            ignored |= set(filter(None, found.split("\0")))
+        return ignored
 
     def reload(self, path: str, text: str | None) -> None:
         """A file changed on disk (a watcher saw it; ``text`` from ``read``) and is not open in the

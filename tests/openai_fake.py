@@ -23,6 +23,7 @@ class FakeOpenAI:
         port: int = 0,
     ):
         self.mode, self.text, self.stall_s, self.delay_s = mode, text, stall_s, delay_s
+        self.status = 500  # of an ``error`` answer
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.aborted = 0  # requests whose client left before the answer
@@ -86,7 +87,7 @@ class FakeOpenAI:
         if self.mode == "garbage":
             handler._send(200, None, raw=b"<html>502 Bad Gateway</html>")
         elif self.mode == "error":
-            handler._send(500, {"error": {"message": "CUDA out of memory"}})
+            handler._send(self.status, {"error": {"message": "CUDA out of memory"}})
         elif self.mode == "partial":
             data = json.dumps({"choices": [{"text": self.text}]}).encode()
             handler.send_response(200)

@@ -200,6 +200,33 @@ def test_cancelling_aborts_the_http_request(tokenizer) -> None:
         fake.close()
 
 
+def test_a_request_cancelled_or_expired_before_it_is_sent_never_reaches_the_server(tokenizer) -> None:
+    fake = FakeOpenAI()
+    try:
+        made = backend(fake.url, tokenizer, model_name="fake-model")
+        with pytest.raises(Cancelled):
+            made.infill("x = ", "", LINE, cancelled=lambda: True)
+        for _ in range(5):  # waited out its budget in the queue: empty, and not the backend's fault
+            assert made.infill("x = ", "", LINE, deadline=time.monotonic() - 1).budget_exhausted
+        assert fake.requests == [] and made.down is None and made._timeouts == 0
+    finally:
+        fake.close()
+
+
+def test_a_request_the_server_rejects_does_not_take_the_backend_down(tokenizer) -> None:
+    fake = FakeOpenAI(mode="error")
+    fake.status = 400  # type: ignore[attr-defined]
+    try:
+        made = backend(fake.url, tokenizer, model_name="fake-model")
+        with pytest.raises(BackendUnavailable, match="HTTP 400"):
+            made.infill("x = ", "", LINE)
+        assert made.down is None and made.statuses == []  # type: ignore[attr-defined]
+        fake.mode = "ok"
+        assert made.infill("x = ", "", LINE).text == "value)"  # no backoff in between
+    finally:
+        fake.close()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "diffgemma_ls", *args],

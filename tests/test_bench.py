@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import socket
 import time
 from pathlib import Path
@@ -223,6 +224,7 @@ def test_the_repository_bench_prints_every_row(
     from tests.test_tune import make_repo
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))  # restored after main sets its own
+    monkeypatch.setenv("HF_HOME", os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface")))
 
     repo = make_repo(tmp_path / "repo", files=12)
     out = tmp_path / "out"

@@ -70,7 +70,7 @@ def test_too_little_code_says_so(tmp_path: Path, cache: Path, random_model_dir: 
     with pytest.raises(TuneError, match="too little code"):
         tune(tmp_path, random_model_dir, 0.05, Settings(threads=1))
     result = subprocess.run(
-        [sys.executable, "-m", "diffgemma_ls", "tune", str(tmp_path), "--model", str(random_model_dir)],
+        [sys.executable, "-m", "diffgemma_ls", "tune", str(tmp_path)],
         capture_output=True,
         text=True,
         env=server_env(XDG_CACHE_HOME=str(cache)),
@@ -123,6 +123,15 @@ def test_kept_weights_serve_their_workspace_only(tmp_path: Path, cache: Path, ra
         timeout=120,
     )
     assert forget.returncode == 0 and not tune_dir(repo).exists()
+
+
+def test_broken_tuned_weights_fall_back_to_the_shipped_ones(tmp_path: Path, cache: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    weights = keep_fake_tune(repo, default_model_path(), weights_id(default_model_path()))
+    for shard in weights.glob("*.safetensors"):
+        shard.unlink()  # a tune killed while it swapped its folders
+    engine = load_engine(Settings(threads=1), [repo])
+    assert engine.tuned_for is None and Path(engine.loaded.path) == default_model_path().resolve()
 
 
 async def test_the_server_serves_and_names_the_workspaces_tuned_weights(

@@ -130,6 +130,11 @@ async def test_files_changed_on_disk_reach_the_index(tmp_path: Path, random_mode
         changes = [{"uri": added.as_uri(), "type": 1}, {"uri": outside.as_uri(), "type": 1}]
         server.notify("workspace/didChangeWatchedFiles", {"changes": changes})
         assert (await server.debug_state())["workspaceFiles"] == 2  # never a file outside the folders
+        built = write(tmp_path, {"build/lib/pkg/test_a.py": SIBLING, ".venv/lib/x.py": SIBLING})
+        changes = [{"uri": (built / "build/lib/pkg/test_a.py").as_uri(), "type": 1},
+                   {"uri": (built / ".venv/lib/x.py").as_uri(), "type": 1}]  # fmt: skip
+        server.notify("workspace/didChangeWatchedFiles", {"changes": changes})
+        assert (await server.debug_state())["workspaceFiles"] == 2  # a build's copies are not source
         added.unlink()
         server.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": added.as_uri(), "type": 3}]})
         assert (await server.debug_state())["workspaceFiles"] == 1

@@ -112,6 +112,7 @@ def bench_repo(root: Path, args: argparse.Namespace, settings: Settings) -> dict
     from diffgemma_ls.completion import load_engine
     from diffgemma_ls.engine.loader import resolve_model_path
     from diffgemma_ls.tune import tune
+    from diffgemma_ls.tuned import WEIGHTS, tune_dir
 
     tune_files, bench_files = split(root)
     tasks = repo_tasks(root, bench_files, args.per_kind)
@@ -134,8 +135,9 @@ def bench_repo(root: Path, args: argparse.Namespace, settings: Settings) -> dict
     workspace.scan()
     plain = load_engine(settings)
     engines = {"file only": (plain, None), "+ context": (plain, workspace)}
-    if record is not None:
-        tuned = load_engine(settings, [tune_root]) if record.kept else plain
+    if record is not None:  # the kept weights themselves, whatever model they were tuned from
+        kept = Settings(model=str(tune_dir(tune_root) / WEIGHTS), threads=settings.threads)
+        tuned = load_engine(kept) if record.kept else plain
         engines |= {"+ tuned": (tuned, None), "tuned + context": (tuned, workspace)}
     scorer = Scorer()
     rows: dict[str, list[dict]] = {row: [] for row in [*engines, "nearest line", "empty"]}
@@ -218,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    os.environ["XDG_CACHE_HOME"] = str(args.out / "cache")  # the tunes stay out of the user's cache
+    # the tunes stay out of the user's cache; Hugging Face's cache (under XDG's by default) stays put
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault("HF_HOME", str(user_cache / "huggingface"))
+    os.environ["XDG_CACHE_HOME"] = str(args.out / "cache")
     settings = Settings(model=args.model, threads=args.threads)
     roots = args.repo or [fetch(name, version, args.cache) for name, version in REPOS]
     results = [bench_repo(root.resolve(), args, settings) for root in roots]
