@@ -36,7 +36,7 @@ from diffgemma_ls.bench.metrics import edit_similarity, normalize
 from diffgemma_ls.bench.tasks import Task, cut_file
 from diffgemma_ls.config import Settings
 from diffgemma_ls.languages import language_for, served_languages
-from diffgemma_ls.training.examples import InfillSampler, make_batch, packages
+from diffgemma_ls.training.examples import InfillSampler, make_batch
 from diffgemma_ls.training.objective import LossWeights, train_step
 from diffgemma_ls.tuned import CHECKPOINT, WEIGHTS, Score, TuneRecord, tune_dir, weights_id
 from diffgemma_ls.workspace import source_files
@@ -166,14 +166,7 @@ def tune(
         opt.load_state_dict(state["optimizer"])
         say(f"resuming after {record.steps} steps ({record.train_seconds / 60:.1f} minutes)")
     reads_snippets = bool(getattr(model.config, "cross_file_context", False))
-    sampler = InfillSampler(
-        [t for _, t in train],
-        tokenizer,
-        vary_window=True,
-        paths=[p for p, _ in train],
-        pool=packages(train),
-        context_prob=0.7 if reads_snippets else 0.0,
-    )
+    sampler = InfillSampler.of_files(train, tokenizer, 0.7 if reads_snippets else 0.0, vary_window=True)
     rng = random.Random(record.steps)
     gen = torch.Generator().manual_seed(record.steps)
     weights = LossWeights()

@@ -152,14 +152,8 @@ def main() -> None:
 
     weights = LossWeights(args.pad_weight, args.enc_weight, args.sc_prob)
     train_files = load_files("train")
-    train_sampler = InfillSampler(
-        [t for _, t in train_files],
-        tok,
-        vary_window=True,
-        paths=[p for p, _ in train_files],
-        pool=packages(train_files),
-        context_prob=args.context_prob,
-        max_context_chars=args.context_chars,
+    train_sampler = InfillSampler.of_files(
+        train_files, tok, args.context_prob, vary_window=True, max_context_chars=args.context_chars
     )
     val_batches = heldout_batches(tok, args.eval_examples)
     # the same held-out cuts with every example given its package's context: what the context adds

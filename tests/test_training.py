@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 
 from diffgemma_ls.prompt import FILE_SEP, build_prompt
-from diffgemma_ls.training.examples import InfillSampler, make_batch, packages
+from diffgemma_ls.training.examples import InfillSampler, make_batch
 from diffgemma_ls.training.objective import LossWeights, train_step
 
 FILES = [
@@ -22,13 +22,7 @@ FILES = [
 
 
 def sampler(tok, context_prob: float) -> InfillSampler:
-    return InfillSampler(
-        [t for _, t in FILES],
-        tok,
-        paths=[p for p, _ in FILES],
-        pool=packages(FILES),
-        context_prob=context_prob,
-    )
+    return InfillSampler.of_files(FILES, tok, context_prob)
 
 
 def test_examples_are_the_servers_prompts_and_real_cuts(random_model_dir: Path) -> None:

@@ -103,6 +103,14 @@ class InfillSampler:
         self.parser = Parser(Language(tree_sitter_python.language()))
         self._blocks: dict[int, list[tuple[int, int]]] = {}
 
+    @classmethod
+    def of_files(
+        cls, files: list[tuple[str, str]], tokenizer, context_prob: float, **kwargs
+    ) -> InfillSampler:
+        """Examples from ``(path, text)`` files, their context from the other files of each one's folder."""
+        texts, paths = [t for _, t in files], [p for p, _ in files]
+        return cls(texts, tokenizer, paths=paths, pool=packages(files), context_prob=context_prob, **kwargs)
+
     def _enc(self, text: str) -> list[int]:
         return encode_text(self.tok, text)
 
