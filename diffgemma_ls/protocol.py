@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import attrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.protocol import JsonRPCProtocol, LanguageServerProtocol, lsp_method
@@ -64,6 +65,11 @@ class _BadMessage:
     message: str
 
 
+def _is_notification(message_type: Any) -> bool:
+    """An LSP message type that carries no id (``DidCloseTextDocumentNotification`` and the like)."""
+    return attrs.has(message_type) and "id" not in attrs.fields_dict(message_type)
+
+
 def _valid_id(msg_id: Any) -> bool:
     return isinstance(msg_id, str) or (isinstance(msg_id, int) and not isinstance(msg_id, bool))
 
@@ -72,8 +78,9 @@ class Protocol(LanguageServerProtocol):
     """pygls' protocol plus the answers the JSON-RPC and LSP specs ask for where pygls sends none.
 
     pygls drops, without a response, a request whose params do not fit their type, any request
-    after ``shutdown``, and anything that is not a JSON-RPC 2.0 object; a client waits forever for
-    those. Here they get -32602, -32600 and -32600; requests before ``initialize`` get -32002.
+    after ``shutdown``, a request named like a notification (``didClose`` with an id), and anything
+    that is not a JSON-RPC 2.0 object; a client waits forever for those. Here they get -32602,
+    -32600, -32601 and -32600; requests before ``initialize`` get -32002.
     """
 
     def __init__(self, *args: Any) -> None:
@@ -81,6 +88,11 @@ class Protocol(LanguageServerProtocol):
         self._initialize_seen = False
 
     def structure_message(self, data: dict[str, Any]) -> Any:
+        method = data.get("method") if isinstance(data, dict) else None
+        if "id" in data and isinstance(method, str) and _is_notification(self.get_message_type(method)):
+            # pygls would structure it as the notification, drop the id, and never answer
+            msg_id = data["id"] if _valid_id(data["id"]) else None
+            return _BadMessage(msg_id, -32601, f"{method} is a notification, not a request")
         if "method" in data and "params" not in data and self.get_message_type(data["method"]) is None:
             data = {**data, "params": None}  # params are optional in JSON-RPC; pygls' generic types need one
         try:

@@ -235,6 +235,17 @@ def test_bad_notifications_are_ignored_without_a_message_per_keystroke(fuzz: Ser
     assert len(server.shown_messages()[shown:]) <= 1, server.shown_messages()[shown:]
 
 
+def test_a_notification_sent_as_a_request_is_answered(fuzz: ServerThread) -> None:
+    """``didClose`` with an id: pygls would take it as the notification and never answer."""
+    server = fuzz.server
+    assert server is not None
+    for msg_id, method in [("as-request-1", "textDocument/didClose"), (10**13, "textDocument/didChange")]:
+        params = {"textDocument": {"uri": "file:///fuzz/other.py"}}
+        fuzz.call(server.send, {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+        assert error_code(fuzz.run(server.response(msg_id))) == METHOD_NOT_FOUND
+    still_works(fuzz)
+
+
 def test_positions_past_the_end(fuzz: ServerThread) -> None:
     server = fuzz.server
     assert server is not None
