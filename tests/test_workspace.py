@@ -109,6 +109,19 @@ async def test_files_changed_on_disk_reach_the_index(tmp_path: Path, random_mode
 
     write(tmp_path, {"pkg/test_a.py": SIBLING})
     server = await RawServer.start("--model", str(random_model_dir))
+
+    async def indexed(expected: int) -> int:
+        """The index's size once it is ``expected`` (files are read off the event loop), or after 10 s."""
+        for _ in range(100):
+            if (count := (await server.debug_state())["workspaceFiles"]) == expected:
+                return count
+            await asyncio.sleep(0.1)
+        return count
+
+    def changed(*changes: tuple[Path, int]) -> None:
+        params = {"changes": [{"uri": path.as_uri(), "type": kind} for path, kind in changes]}
+        server.notify("workspace/didChangeWatchedFiles", params)
+
     try:
         caps = {
             "textDocument": {"inlineCompletion": {}},
@@ -119,24 +132,21 @@ async def test_files_changed_on_disk_reach_the_index(tmp_path: Path, random_mode
             capabilities=caps, rootUri=root, workspaceFolders=[{"uri": root, "name": "w"}]
         )
         await server.wait_for_state("ready", "error")
-        for _ in range(100):  # the scan runs beside the model's load
-            if (await server.debug_state())["workspaceFiles"] == 1:
-                break
-            await asyncio.sleep(0.1)
-        assert (await server.debug_state())["workspaceFiles"] == 1
+        assert await indexed(1) == 1  # the scan runs beside the model's load
         added = write(tmp_path, {"pkg/test_b.py": SIBLING.replace("parse", "load")}) / "pkg" / "test_b.py"
         outside = tmp_path.parent / "outside.py"
         outside.write_text(SIBLING)
-        changes = [{"uri": added.as_uri(), "type": 1}, {"uri": outside.as_uri(), "type": 1}]
-        server.notify("workspace/didChangeWatchedFiles", {"changes": changes})
-        assert (await server.debug_state())["workspaceFiles"] == 2  # never a file outside the folders
-        built = write(tmp_path, {"build/lib/pkg/test_a.py": SIBLING, ".venv/lib/x.py": SIBLING})
-        changes = [{"uri": (built / "build/lib/pkg/test_a.py").as_uri(), "type": 1},
-                   {"uri": (built / ".venv/lib/x.py").as_uri(), "type": 1}]  # fmt: skip
-        server.notify("workspace/didChangeWatchedFiles", {"changes": changes})
-        assert (await server.debug_state())["workspaceFiles"] == 2  # a build's copies are not source
+        changed((added, 1), (outside, 1))
+        assert await indexed(2) == 2  # the batch is done: never a file outside the folders
+        write(tmp_path, {"build/lib/pkg/test_a.py": SIBLING, ".venv/lib/x.py": SIBLING, "pkg/c.py": SIBLING})
+        changed(
+            (tmp_path / "build/lib/pkg/test_a.py", 1),
+            (tmp_path / ".venv/lib/x.py", 1),
+            (tmp_path / "pkg/c.py", 1),
+        )
+        assert await indexed(3) == 3  # pkg/c.py only: a build's or an environment's copies are not source
         added.unlink()
-        server.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": added.as_uri(), "type": 3}]})
-        assert (await server.debug_state())["workspaceFiles"] == 1
+        changed((added, 3))
+        assert await indexed(2) == 2
     finally:
         await server.close()
