@@ -363,9 +363,9 @@ def _reason(exc: BaseException) -> str:
 
 def load_backend(url: str, model: str | None, settings: Any) -> HttpBackend:
     """The backend at ``url``, prompting with the tokenizer and canvas of ``model`` (folder or cached id)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from diffgemma_ls.engine.infill import MASK_NOISE_STEPS, ServingDefaults
+    from diffgemma_ls.engine.infill import serving_defaults
     from diffgemma_ls.engine.loader import resolve_model_path
 
     folder = Path(resolve_model_path(model, settings.allow_download))
@@ -376,11 +376,12 @@ def load_backend(url: str, model: str | None, settings: Any) -> HttpBackend:
         raise ModelLoadError(
             f"cannot read the tokenizer of {folder} for the backend's prompts: {exc}"
         ) from None
+    try:
+        generation = GenerationConfig.from_pretrained(folder)
+    except OSError:  # a tokenizer-only folder: transformers' defaults
+        generation = None
     canvas = getattr(config, "canvas_length", None) or 32
-    if getattr(config, "noise_kind", "uniform") == "mask":
-        defaults = ServingDefaults(canvas, *MASK_NOISE_STEPS)
-    else:
-        defaults = ServingDefaults(canvas, 48, 48)
+    defaults = serving_defaults(canvas, getattr(config, "noise_kind", "uniform"), generation)
     try:
         return HttpBackend(
             url,

@@ -111,6 +111,16 @@ class ServingDefaults:
 MASK_NOISE_STEPS = (16, 3)
 
 
+def serving_defaults(
+    canvas_length: int, noise_kind: str, generation_config: object | None
+) -> ServingDefaults:
+    """A checkpoint's canvas and step caps: ``MASK_NOISE_STEPS`` for mask noise, else its own cap."""
+    if noise_kind == "mask":
+        return ServingDefaults(canvas_length, *MASK_NOISE_STEPS)
+    steps = getattr(generation_config, "max_denoising_steps", None) or 48  # transformers' own default
+    return ServingDefaults(canvas_length, steps, steps)
+
+
 TOTALS = ("modelCalls", "forwardPasses", "promptTokens", "reusedPromptTokens", "warmStarts", "seededTokens")
 
 
@@ -272,11 +282,9 @@ class Engine:
     @property
     def defaults(self) -> ServingDefaults:
         """Canvas and step caps from the checkpoint (see ``MASK_NOISE_STEPS``)."""
-        canvas = self.model.config.canvas_length
-        if self.model.noise_kind == "mask":
-            return ServingDefaults(canvas, *MASK_NOISE_STEPS)
-        steps = self.model.generation_config.max_denoising_steps or 48  # transformers' own default
-        return ServingDefaults(canvas, steps, steps)
+        return serving_defaults(
+            self.model.config.canvas_length, self.model.noise_kind, self.model.generation_config
+        )
 
     def _sampler_config(self, options: DecodeOptions, prefix: str) -> StockSamplerConfig | CodeSamplerConfig:
         bound = float(options.entropy_bound or self.default_entropy_bound)
