@@ -194,6 +194,7 @@ class HttpBackend:
         cancelled: Callable[[], bool] | None = None,
         cache_key: str | None = None,
         rivals: Sequence[str] = (),
+        copies_win: bool = False,
         language: str = "",
         path: str = "",
         snippets: Sequence[Any] = (),

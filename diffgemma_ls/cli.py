@@ -229,7 +229,7 @@ def _decode_settings(args: argparse.Namespace) -> dict:
 
 
 def _texts(outcome: Outcome) -> list[str]:
-    """The best completion first, then the distinct alternatives."""
+    """The best completion first, then the distinct alternatives (a copied line that won adds one)."""
     best = [outcome.completion.text] if outcome.completion else []
     return best + [c.text for c in outcome.alternatives]
 
@@ -284,7 +284,7 @@ def infill(args: argparse.Namespace) -> int:
             **_decode_settings(args),
         )
         if args.candidates > 1:
-            print(json.dumps(_texts(outcome), indent=1))
+            print(json.dumps(_texts(outcome)[: args.candidates], indent=1))
         else:
             print(outcome.completion.text if outcome.completion else "", flush=True)
         return EXIT_OK
@@ -377,7 +377,7 @@ def _jsonl_task(engine, line: str, settings: Settings, args: argparse.Namespace,
         engine, prefix, suffix, language, mode, settings, workspace=workspace, path=path, **knobs
     )
     result = outcome.result
-    alternatives = {"alternatives": _texts(outcome)[1:]} if args.candidates > 1 else {}
+    alternatives = {"alternatives": _texts(outcome)[1 : args.candidates]} if args.candidates > 1 else {}
     return {
         "completion": outcome.completion.text if outcome.completion else "",
         "forward_passes": result.forward_passes if result else 0,

@@ -23,7 +23,7 @@ from diffgemma_ls.engine.loader import DEFAULT_MODEL, ModelLoadError, default_mo
 from diffgemma_ls.fill import breaks_syntax, discards_working_code, has_code
 from diffgemma_ls.nearest_line import nearest_line_completion
 from diffgemma_ls.postprocess import Completion, postprocess
-from diffgemma_ls.prompt import encode_text
+from diffgemma_ls.prompt import token_counter
 from diffgemma_ls.snippets import Snippet
 from diffgemma_ls.tuned import tuned_weights
 from diffgemma_ls.workspace import Workspace
@@ -42,6 +42,7 @@ class CompletionRequest:
     options: DecodeOptions
     context_ms: float
     rivals: tuple[str, ...] = ()  # middles the model's answer competes with (``Engine.infill``)
+    copies_win: bool = False  # a rival wins over the model's answer (something is typed on the line)
     language: str = ""  # the client's language id and the file's path: a chat prompt names them
     path: str = ""
     snippets: tuple[Snippet, ...] = ()  # other files' chunks for the prompt
@@ -177,7 +178,7 @@ def plan(
         text,
         offset,
         language_id,
-        lambda s: len(encode_text(tokenizer, s)),
+        token_counter(tokenizer),
         uri=uri,
     )
     if mode != "auto":
@@ -193,8 +194,10 @@ def plan(
         steps = steps or settings.typing_max_steps or defaults.typing_max_steps
     options = decode_options(context.mode, settings, defaults, decode, steps, entropy_bound, candidates)
     # the whole document, not only the model's window: a copy needs no context budget
-    # one rival: the nearest line measured best (three nearest distinct lines: 25.2% against 26.5%)
+    # the nearest line, of the file and of the workspace (three nearest distinct lines of the file
+    # measured worse than one: 25.2% against 26.5%)
     rivals: tuple[str, ...] = ()
+    copies_win = False
     if copy_rival and invoked:
         typed, rest = text[:offset] + context.lead, text[offset:]
         copied = nearest_line_completion(typed, rest)
@@ -202,12 +205,17 @@ def plan(
             workspace.nearest_line(typed, rest, exclude=_path_of(uri)) if workspace is not None else ""
         )
         rivals = tuple(dict.fromkeys(r for r in (copied, elsewhere) if r))
+        # with something typed on the line, a copy beat the model's likelihood choice: +3.6 points
+        # of line exact match on unseen repositories, +1.6 on the held-out stdlib (docs/benchmarks.md)
+        copies_win = bool(typed.rpartition("\n")[2].strip())
     snippets: tuple[Snippet, ...] = ()
     if workspace is not None and engine.reads_snippets and settings.cross_file_chars > 0:
         found = workspace.snippets(context.prefix, context.suffix, _path_of(uri), settings.cross_file_chars)
         snippets = tuple(found)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    return CompletionRequest(context, options, elapsed_ms, rivals, language_id, _path_of(uri), snippets)
+    return CompletionRequest(
+        context, options, elapsed_ms, rivals, copies_win, language_id, _path_of(uri), snippets
+    )
 
 
 def _path_of(uri: str) -> str:
@@ -319,6 +327,7 @@ def run(
         cancelled=cancelled,
         cache_key=cache_key,
         rivals=request.rivals,
+        copies_win=request.copies_win,
         language=request.language,
         path=request.path,
         snippets=request.snippets,

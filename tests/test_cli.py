@@ -28,7 +28,11 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 def test_infill_prints_the_completion_only(constant_model_dir: Path) -> None:
     done = cli("infill", str(DEMO), "--line", "16", "--col", "16", "--model", str(constant_model_dir))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.endswith("\n") and set(done.stdout[:-1]) == {tiny.CONSTANT_TOKEN}
+    # "return " is typed and line 11 is "    return found": the copied line wins over the model's text
+    assert done.stdout == "found\n"
+    other = cli("infill", str(DEMO), "--line", "15", "--col", "44", "--model", str(constant_model_dir))
+    assert other.returncode == 0, other.stderr  # at the end of a line no other line starts like
+    assert other.stdout.endswith("\n") and set(other.stdout[:-1]) == {tiny.CONSTANT_TOKEN}
 
 
 def test_infill_exit_codes(constant_model_dir: Path, tmp_path: Path) -> None:

@@ -368,6 +368,20 @@ def test_a_rival_wins_only_when_the_model_finds_it_more_likely(engine: Engine, c
         assert result.text == own.text and result.alternatives == own.alternatives
 
 
+def test_where_copies_win_the_likeliest_rival_is_the_answer(engine: Engine) -> None:
+    """The model's text leaves the contest: one rival wins with no pass, of two the likelier does."""
+    options = DecodeOptions(canvas_length=16, max_steps=4)
+    own = engine.infill(PREFIX, SUFFIX, options)
+    one = engine.infill(PREFIX, SUFFIX, options, rivals=["x"], copies_win=True)
+    assert (one.text, one.copied, one.forward_passes) == ("x", True, own.forward_passes)
+    assert one.alternatives == [own.text, *own.alternatives]
+    rivals = ["return a + b", "print(a, b) if a else b"]
+    two = engine.infill(PREFIX, SUFFIX, options, rivals=rivals, copies_win=True)
+    scores = [_half_masked_log_likelihood(engine, PREFIX, SUFFIX, t, 16) for t in rivals]
+    assert two.text == rivals[scores.index(max(scores))] and two.copied
+    assert two.forward_passes == own.forward_passes + 1
+
+
 def test_a_rival_equal_to_the_answer_keeps_the_answer(engine: Engine) -> None:
     options = DecodeOptions(canvas_length=16, max_steps=4)
     own = engine.infill(PREFIX, SUFFIX, options)
@@ -390,7 +404,11 @@ def test_line_and_block_requests_have_the_nearest_line_as_rival(engine: Engine) 
     text = "class P:\n    def __init__(self, x, y):\n        self.x = x\n        self.\n"
     at = text.index("self.\n") + len("self.")
     request = plan(text, at, "python", Settings(), engine, invoked=True)
-    assert request is not None and request.rivals == ("x = x",)
+    assert request is not None and request.rivals == ("x = x",) and request.copies_win
+    blank = text.replace("        self.\n", "        \n")
+    at_blank = blank.index("        \n") + len("        ")
+    on_blank = plan(blank, at_blank, "python", Settings(), engine, invoked=True)
+    assert on_blank is not None and on_blank.rivals and not on_blank.copies_win  # nothing typed
     off = plan(text, at, "python", Settings(), engine, invoked=True, copy_rival=False)
     assert off is not None and off.rivals == ()
     typing = plan(text, at, "python", Settings(), engine)  # as you type: no pass to spare
