@@ -167,7 +167,7 @@ SCHEMA: tuple[Option, ...] = (
     Option(
         "workspace_context",
         "bool",
-        "the workspace's other files as context: their best matching line competes on an explicit "
+        "the workspace's other files as context: their best matching line is offered on an explicit "
         "request, and, for a model trained for it, their best matching chunks go in the prompt",
         "workspaceContext",
     ),

@@ -7,9 +7,10 @@ on a tie), and what follows the typed part is the completion. It is always one l
 tasks it is a deliberately weak floor.
 
 The bench scores it on whole files as the floor a model must beat. On an explicit request the
-server offers it, from the whole document, as a rival to the model's own answer, and the model
-picks between them by likelihood (``Engine.infill``'s ``rivals``): a small model copies poorly,
-but it can tell when a line that is already in the file fits better than what it wrote.
+server offers it, from the whole document, as a rival to the model's own answer (``Engine.infill``'s
+``rivals``). Where something is typed on the cursor line the copy wins outright: a small model
+copies poorly and, judging by its own likelihood, preferred its text to a right copy of names it
+had never seen. On an empty line the model's likelihood picks (the nearest line is a guess there).
 """
 
 from __future__ import annotations
