@@ -21,7 +21,7 @@ from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult, ServingDefaults
 from diffgemma_ls.engine.loader import DEFAULT_MODEL, ModelLoadError, default_model_path, load_model
 from diffgemma_ls.fill import breaks_syntax, discards_working_code, has_code
-from diffgemma_ls.nearest_line import nearest_line_completion
+from diffgemma_ls.nearest_line import cursor_line_start, nearest_line_completion
 from diffgemma_ls.postprocess import Completion, postprocess
 from diffgemma_ls.prompt import token_counter
 from diffgemma_ls.snippets import Snippet
@@ -207,7 +207,7 @@ def plan(
         rivals = tuple(dict.fromkeys(r for r in (copied, elsewhere) if r))
         # with something typed on the line, a copy beat the model's likelihood choice: +3.6 points
         # of line exact match on unseen repositories, +1.6 on the held-out stdlib (docs/benchmarks.md)
-        copies_win = bool(typed.rpartition("\n")[2].strip())
+        copies_win = bool(cursor_line_start(typed).strip())
     snippets: tuple[Snippet, ...] = ()
     if workspace is not None and engine.reads_snippets and settings.cross_file_chars > 0:
         found = workspace.snippets(context.prefix, context.suffix, _path_of(uri), settings.cross_file_chars)

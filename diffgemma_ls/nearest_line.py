@@ -20,7 +20,7 @@ def nearest_line_completion(prefix: str, suffix: str) -> str:
     """The completion at the cursor between ``prefix`` and ``suffix``; ``""`` when nothing matches."""
     before = prefix.splitlines()
     above = before[:-1] if before and not prefix.endswith(("\n", "\r")) else before
-    typed = _cursor_line_start(prefix)
+    typed = cursor_line_start(prefix)
     after = suffix.splitlines()
     below = after[1:] if after else []
     stem = typed.lstrip(" \t")
@@ -36,7 +36,7 @@ def nearest_line_completion(prefix: str, suffix: str) -> str:
     return ""
 
 
-def _cursor_line_start(prefix: str) -> str:
+def cursor_line_start(prefix: str) -> str:
     """What is on the cursor line before the cursor."""
     cut = max(prefix.rfind("\n"), prefix.rfind("\r"))
     return prefix[cut + 1 :]

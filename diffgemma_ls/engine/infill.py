@@ -526,24 +526,20 @@ class Engine:
         rivals = [r for r in dict.fromkeys(rivals) if r.strip() and r.rstrip() != texts[0].rstrip()]
         if not rivals or self.model.mask_token_id is None:
             return False
-        if copies_win and len(rivals) == 1:
-            texts.insert(0, rivals[0])
-            return True
-        contenders = [request.piece + text for text in ([] if copies_win else [texts[0]]) + rivals]
-        scores = self._likelihoods(request.cache, len(request.prompt), contenders, options.canvas_length)
-        if scores is None:
-            if copies_win:  # the first rival: the nearest line of the file, else of the workspace
-                texts.insert(0, rivals[0])
-            return copies_win
-        monitor.forward_passes += 1
-        self.totals["forwardPasses"] += 1
-        best = max(range(len(scores)), key=scores.__getitem__)  # the first on a tie: the model's
-        if copies_win:
-            texts.insert(0, rivals[best])
-            return True
-        if best == 0:
+        contenders = rivals if copies_win else [texts[0], *rivals]
+        best = 0  # the first on a tie or without scores: the model's, else the nearest line
+        if len(contenders) > 1:
+            pieces = [request.piece + text for text in contenders]
+            scores = self._likelihoods(request.cache, len(request.prompt), pieces, options.canvas_length)
+            if scores is None and not copies_win:
+                return False
+            if scores is not None:
+                monitor.forward_passes += 1
+                self.totals["forwardPasses"] += 1
+                best = max(range(len(scores)), key=scores.__getitem__)
+        if not copies_win and best == 0:
             return False
-        texts.insert(0, rivals[best - 1])
+        texts.insert(0, contenders[best])
         return True
 
     @torch.no_grad()
