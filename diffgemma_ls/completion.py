@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import torch
 
+from diffgemma_ls.anchored import anchored_completion
 from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult, ServingDefaults
@@ -164,11 +165,12 @@ def plan(
     ``candidates`` > 1 decodes alternatives in the same batched run (the server asks for them on an
     explicit request). Without ``steps``, an as-you-type request (not ``invoked``) gets
     ``settings.typing_max_steps`` passes per canvas and an explicit one ``settings.max_steps``.
-    With ``copy_rival``, an explicit request's answer competes with the nearest matching line of
-    the document (``nearest_line``), and with ``workspace`` also with the best matching line of the
-    workspace's other files (``Workspace.nearest_line``); the bench turns it off to measure the
-    model alone. As you
-    type it is off: its scoring pass costs the keystroke budget (docs/benchmarks.md, keystroke replay).
+    With ``copy_rival``, an explicit line request whose neighbours stand around a line elsewhere in
+    the document (or, with ``workspace``, its other files) gets that line (``anchored``); else the
+    answer competes with the nearest matching line of the document (``nearest_line``), and with
+    ``workspace`` also with the best matching line of the workspace's other files
+    (``Workspace.nearest_line``). The bench turns it off to measure the model alone. As you type it
+    is off: its scoring pass costs the keystroke budget (docs/benchmarks.md, keystroke replay).
     A ``workspace`` also gives a model that reads them (``Engine.reads_snippets``) the other files'
     best matching chunks, up to ``settings.cross_file_chars``, on every request.
     """
@@ -194,20 +196,29 @@ def plan(
         steps = steps or settings.typing_max_steps or defaults.typing_max_steps
     options = decode_options(context.mode, settings, defaults, decode, steps, entropy_bound, candidates)
     # the whole document, not only the model's window: a copy needs no context budget
-    # the nearest line, of the file and of the workspace (three nearest distinct lines of the file
-    # measured worse than one: 25.2% against 26.5%)
     rivals: tuple[str, ...] = ()
     copies_win = False
     if copy_rival and invoked:
         typed, rest = text[:offset] + context.lead, text[offset:]
-        copied = nearest_line_completion(typed, rest)
-        elsewhere = (
-            workspace.nearest_line(typed, rest, exclude=_path_of(uri)) if workspace is not None else ""
-        )
-        rivals = tuple(dict.fromkeys(r for r in (copied, elsewhere) if r))
-        # with something typed on the line, a copy beat the model's likelihood choice: +3.6 points
-        # of line exact match on unseen repositories, +1.6 on the held-out stdlib (docs/benchmarks.md)
-        copies_win = bool(cursor_line_start(typed).strip())
+        path = _path_of(uri)
+        anchored = ""
+        if context.mode == "line":  # a block is more than the one line an anchored copy gives
+            anchored = (
+                workspace.anchored(typed, rest, exclude=path)
+                if workspace is not None
+                else anchored_completion(typed, rest)
+            )
+        if anchored:  # between the same lines as elsewhere, the copy wins (docs/benchmarks.md)
+            rivals, copies_win = (anchored,), True
+        else:
+            # the nearest line, of the file and of the workspace (three nearest distinct lines of
+            # the file measured worse than one: 25.2% against 26.5%)
+            copied = nearest_line_completion(typed, rest)
+            elsewhere = workspace.nearest_line(typed, rest, exclude=path) if workspace is not None else ""
+            rivals = tuple(dict.fromkeys(r for r in (copied, elsewhere) if r))
+            # with something typed on the line, a copy beat the model's likelihood choice: +3.6
+            # points of line exact match on unseen repositories, +1.6 on the held-out stdlib
+            copies_win = bool(cursor_line_start(typed).strip())
     snippets: tuple[Snippet, ...] = ()
     if workspace is not None and engine.reads_snippets and settings.cross_file_chars > 0:
         found = workspace.snippets(context.prefix, context.suffix, _path_of(uri), settings.cross_file_chars)

@@ -6,11 +6,13 @@ its indentation) must be a prefix of the copied line; the nearest such line wins
 on a tie), and what follows the typed part is the completion. It is always one line: for block
 tasks it is a deliberately weak floor.
 
-The bench scores it on whole files as the floor a model must beat. On an explicit request the
-server offers it, from the whole document, as a rival to the model's own answer (``Engine.infill``'s
-``rivals``). Where something is typed on the cursor line the copy wins outright: a small model
-copies poorly and, judging by its own likelihood, preferred its text to a right copy of names it
-had never seen. On an empty line the model's likelihood picks (the nearest line is a guess there).
+The bench scores it on whole files as the floor a model must beat. On an explicit line request
+with no anchored copy (``anchored``: a line between the same neighbours elsewhere, which wins when
+there is one), the server offers it, from the whole document, as a rival to the model's own answer
+(``Engine.infill``'s ``rivals``). Where something is typed on the cursor line the copy wins
+outright: a small model copies poorly and, judging by its own likelihood, preferred its text to a
+right copy of names it had never seen. On an empty line the model's likelihood picks (the nearest
+line is a guess there).
 """
 
 from __future__ import annotations

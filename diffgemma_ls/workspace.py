@@ -3,8 +3,9 @@
 Code repeats itself across a repository too (the same call in two modules, a sibling test's
 assert), and copying is what a small model does worst; ``nearest_line`` only looks at the current
 file. ``Workspace`` keeps the lines of the workspace's source files, kept current from the
-editor's open documents, and ``completion`` offers the best matching line of another file as a
-second rival on an explicit request, for the model to judge by its own likelihood. ``snippets``
+editor's open documents. On an explicit request ``completion`` copies the line that sits between
+the same neighbours in another file (``anchored``), or else offers the best matching line of
+another file as a second rival (``nearest_line``). ``snippets``
 gives the chunks of other files that best match the code at the cursor (``diffgemma_ls.snippets``),
 for a model trained to read them before its prompt.
 
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffgemma_ls.anchored import Lines, anchored_completion
 from diffgemma_ls.languages import language_for
 from diffgemma_ls.snippets import ChunkIndex, Snippet, query_of
 
@@ -52,6 +54,7 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 @dataclass
 class _File:
     lines: list[str]
+    anchors: Lines  # the non-blank lines by content, for ``anchored_completion``
     # first three characters of a line's content -> indices of the lines starting with them
     by_start: dict[str, list[int]] = field(default_factory=dict)
 
@@ -63,7 +66,7 @@ class _File:
             content = line.lstrip(" \t")
             if len(content) > MIN_STEM:
                 by_start.setdefault(content[:MIN_STEM], []).append(i)
-        return cls(lines, by_start)
+        return cls(lines, Lines(lines), by_start)
 
 
 def _wanted(path: Path) -> str | None:
@@ -250,6 +253,13 @@ class Workspace:
         found = self.chunks.best(query_of(prefix, suffix), budget_chars, exclude=key)
         self._chosen[key] = (above, budget_chars, found)
         return found
+
+    def anchored(self, prefix: str, suffix: str, exclude: str = "") -> str:
+        """``anchored_completion`` from the document (``exclude``, between ``prefix`` and ``suffix``)
+        and the workspace's other files; ``""`` when no neighbour of the cursor matches."""
+        skip = str(Path(exclude).resolve()) if exclude else ""
+        others = (file.anchors for path, file in self._files.items() if path != skip)
+        return anchored_completion(prefix, suffix, others)
 
     def nearest_line(self, prefix: str, suffix: str, exclude: str = "") -> str:
         """The completion another file's line offers at the cursor; ``""`` when none matches.

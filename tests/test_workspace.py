@@ -150,3 +150,20 @@ async def test_files_changed_on_disk_reach_the_index(tmp_path: Path, random_mode
         assert await indexed(2) == 2
     finally:
         await server.close()
+
+
+def test_a_line_between_the_same_neighbours_elsewhere_wins_on_a_blank_line(
+    tmp_path: Path, random_model_dir: Path
+) -> None:
+    write(tmp_path, {"test_a.py": SIBLING})
+    workspace = Workspace([tmp_path])
+    workspace.scan()
+    engine = Engine(load_model(str(random_model_dir), device="cpu"))
+    text = "    def test_render_empty(self):\n        page = render(template)\n        \n"
+    at = text.index("        \n") + len("        ")
+    assert workspace.anchored(text[:at], text[at:]) == 'self.assertIn("<html>", page)'
+    assert workspace.anchored(text[:at], text[at:], exclude=str(tmp_path / "test_a.py")) == ""
+    asked = plan(text, at, "python", Settings(), engine, invoked=True, workspace=workspace, mode="line")
+    assert asked is not None and asked.rivals == ('self.assertIn("<html>", page)',) and asked.copies_win
+    block = plan(text, at, "python", Settings(), engine, invoked=True, workspace=workspace, mode="block")
+    assert block is not None and not block.copies_win  # a block is more than one copied line

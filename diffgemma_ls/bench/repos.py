@@ -13,7 +13,9 @@ Each task is completed as the server completes an explicit request, in the rows:
   rival from other files; their chunks in the prompt when the model reads them);
 - ``+ tuned``: the tuned weights, file alone; ``tuned + context``: both;
 - ``nearest line``: the floor, copying the nearest matching line of the file, else of the
-  workspace; ``empty``: no completion.
+  workspace; ``anchored copy``: the anchored copy of the file or workspace (``anchored``), else the
+  nearest line, which is what the server's copy rules offer without the model; ``empty``: no
+  completion.
 
 Rows are compared per task against ``file only`` and against ``nearest line`` with 95% paired
 bootstrap intervals. The tune's weights go to ``--out``'s cache, not the user's;
@@ -46,7 +48,7 @@ from diffgemma_ls.workspace import Workspace, source_files
 REPOS = (("boltons", "25.0.0"), ("toolz", "1.0.0"), ("marshmallow", "3.26.1"))
 BENCH_FRACTION = 0.2
 SUITES = {"ho-line": "line", "ho-tail": "line", "ho-block": "block"}  # reported as line / block
-ROWS = ("file only", "+ context", "+ tuned", "tuned + context", "nearest line", "empty")
+ROWS = ("file only", "+ context", "+ tuned", "tuned + context", "nearest line", "anchored copy", "empty")
 
 
 def fetch(name: str, version: str, cache: Path) -> Path:
@@ -140,13 +142,15 @@ def bench_repo(root: Path, args: argparse.Namespace, settings: Settings) -> dict
         tuned = load_engine(kept) if record.kept else plain
         engines |= {"+ tuned": (tuned, None), "tuned + context": (tuned, workspace)}
     scorer = Scorer()
-    rows: dict[str, list[dict]] = {row: [] for row in [*engines, "nearest line", "empty"]}
+    rows: dict[str, list[dict]] = {row: [] for row in [*engines, "nearest line", "anchored copy", "empty"]}
     for i, task in enumerate(tasks):
         answers = {name: _complete(engine, task, settings, ws) for name, (engine, ws) in engines.items()}
         floor = nearest_line_completion(task.prefix, task.suffix) or workspace.nearest_line(
             task.prefix, task.suffix, exclude=task.path
         )
-        answers |= {"nearest line": (floor, 0.0), "empty": ("", 0.0)}
+        anchored = task.mode == "line" and workspace.anchored(task.prefix, task.suffix, exclude=task.path)
+        anchored = anchored or floor  # as the server: an anchored copy for a line, not a block
+        answers |= {"nearest line": (floor, 0.0), "anchored copy": (anchored, 0.0), "empty": ("", 0.0)}
         for name, (text, ms) in answers.items():
             score = scorer.score(task, text)
             rows[name].append(
