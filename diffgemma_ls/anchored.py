@@ -11,7 +11,11 @@ indentation. A candidate is a non-blank line of the document (not the cursor's o
 file whose content starts with what is typed on the cursor line and goes on; its score is how many
 neighbours match in a row next to it, above plus below, at most ``ANCHOR_LINES`` each way. The
 highest score wins (at least 1), then the document's own line, then the one nearest the cursor
-(in another file, the first file's first). What follows the typed part is the completion, one line.
+(in another file, the first file's first). What follows the typed part is the completion.
+
+For a block request the candidate is its line and the lines after it indented at least as deeply
+(at most ``BLOCK_LINES``), the neighbours below are matched after the last of them, and the copy is
+re-indented to the cursor's line.
 
 Pure (no torch, no protocol).
 """
@@ -23,58 +27,80 @@ from collections.abc import Iterable
 from diffgemma_ls.nearest_line import cursor_line_start
 
 ANCHOR_LINES = 8
+BLOCK_LINES = 12
 
 
 class Lines:
-    """A file's non-blank lines, found by their stripped content (a neighbour's other places).
+    """A file's lines, the non-blank ones found by their stripped content (a neighbour's other places).
 
     ``None`` stands for the cursor's line in the document being completed: it is never a
     candidate and matches no neighbour, so the lines around it are not each other's neighbours.
+    Positions (``kept``, ``stripped``, ``at``) count non-blank lines only.
     """
 
-    def __init__(self, lines: Iterable[str | None]):
-        self.lines = [line for line in lines if line is None or line.strip()]
-        self.stripped = [None if line is None else line.strip() for line in self.lines]
+    def __init__(self, lines: list[str | None]):
+        self.lines = lines
+        self.kept = [i for i, line in enumerate(lines) if line is None or line.strip()]
+        self.stripped = [None if lines[i] is None else lines[i].strip() for i in self.kept]
         self.at: dict[str, list[int]] = {}
-        for i, content in enumerate(self.stripped):
+        for j, content in enumerate(self.stripped):
             if content is not None:
-                self.at.setdefault(content, []).append(i)
+                self.at.setdefault(content, []).append(j)
 
     @classmethod
     def of(cls, text: str) -> Lines:
         return cls(text.splitlines())
 
     def run(self, start: int, step: int, wanted: list[str]) -> int:
-        """How many of ``wanted`` match, in a row, from line ``start`` going ``step`` (+1 or -1)."""
+        """How many of ``wanted`` match, in a row, from position ``start`` going ``step`` (+1 or -1)."""
         count = 0
         for want in wanted:
-            i = start + step * count
-            if not 0 <= i < len(self.lines) or self.stripped[i] != want:
+            j = start + step * count
+            if not 0 <= j < len(self.kept) or self.stripped[j] != want:
                 break
             count += 1
         return count
 
-    def best(self, stem: str, above: list[str], below: list[str], near: int = -1) -> tuple[int, int, str]:
-        """``(score, -distance to near, line)`` of the best candidate here; score 0 when none.
+    def end(self, j: int) -> int:
+        """The last position of the block that starts at ``j``: the lines after it indented as deeply."""
+        depth = _indentation(self.lines[self.kept[j]])
+        last = j
+        while (
+            last + 1 < len(self.kept)
+            and last + 1 - j < BLOCK_LINES
+            and (line := self.lines[self.kept[last + 1]]) is not None
+            and _indentation(line) >= depth
+        ):
+            last += 1
+        return last
+
+    def best(
+        self, stem: str, above: list[str], below: list[str], near: int = -1, block: bool = False
+    ) -> tuple[int, int, list[str]]:
+        """``(score, -distance to near, lines)`` of the best candidate here; score 0 when none.
 
         Only lines next to an occurrence of the nearest neighbour above or below can score.
         """
-        found = (0, 0, "")
+        found: tuple[int, int, list[str]] = (0, 0, [])
         places = {p + 1 for p in self.at.get(above[0], ())} if above else set()
         if below:
             places |= {p - 1 for p in self.at.get(below[0], ())}
         for j in sorted(places):
-            line = self.lines[j] if 0 <= j < len(self.lines) else None
-            if line is None:
+            if not 0 <= j < len(self.kept) or (line := self.lines[self.kept[j]]) is None:
                 continue
             content = line.lstrip(" \t")
             if not content.startswith(stem) or len(content.rstrip()) <= len(stem.rstrip()):
                 continue
-            score = self.run(j - 1, -1, above) + self.run(j + 1, 1, below)
-            candidate = (score, -abs(j - near) if near >= 0 else 0, line)
-            if candidate[:2] > found[:2]:
-                found = candidate
+            last = self.end(j) if block else j
+            score = self.run(j - 1, -1, above) + self.run(last + 1, 1, below)
+            distance = -abs(j - near) if near >= 0 else 0
+            if (score, distance) > found[:2]:
+                found = (score, distance, self.lines[self.kept[j] : self.kept[last] + 1])
         return found
+
+
+def _indentation(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
 
 
 def neighbours(prefix: str, suffix: str) -> tuple[list[str], list[str], list[str | None]]:
@@ -87,22 +113,26 @@ def neighbours(prefix: str, suffix: str) -> tuple[list[str], list[str], list[str
     return nearest(reversed(above)), nearest(below), [*above, None, *below]
 
 
-def anchored_completion(prefix: str, suffix: str, others: Iterable[Lines] = ()) -> str:
+def anchored_completion(prefix: str, suffix: str, others: Iterable[Lines] = (), block: bool = False) -> str:
     """The anchored copy at the cursor between ``prefix`` and ``suffix`` (the document), from the
-    document or ``others`` (the workspace's other files); ``""`` when no neighbour matches."""
+    document or ``others`` (the workspace's other files), one line or, with ``block``, a block;
+    ``""`` when no neighbour matches."""
     typed = cursor_line_start(prefix)
     stem = typed.lstrip(" \t")
     above, below, document = neighbours(prefix, suffix)
     if not above and not below:
         return ""
     here = Lines(document)
-    cursor = here.lines.index(None)
-    score, _, line = here.best(stem, above, below, near=cursor)
-    for lines in others:
-        found = lines.best(stem, above, below)
+    score, _, lines = here.best(stem, above, below, near=here.stripped.index(None), block=block)
+    for other in others:
+        found = other.best(stem, above, below, block=block)
         if found[0] > score:
-            score, line = found[0], found[2]
+            score, lines = found[0], found[2]
     if score == 0:
         return ""
-    # at column 0 nothing is indented yet: the copy brings its own indentation
-    return line.rstrip() if not typed else line.lstrip(" \t")[len(stem) :].rstrip()
+    if not typed:  # at column 0 nothing is indented yet: the copy brings its own indentation
+        return "\n".join(line.rstrip() for line in lines)
+    depth = _indentation(lines[0])
+    indent = typed[: len(typed) - len(stem)]
+    rest = [indent + line[depth:].rstrip() if line.strip() else "" for line in lines[1:]]
+    return "\n".join([lines[0][depth + len(stem) :].rstrip(), *rest])

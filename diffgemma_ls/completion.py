@@ -201,13 +201,12 @@ def plan(
     if copy_rival and invoked:
         typed, rest = text[:offset] + context.lead, text[offset:]
         path = _path_of(uri)
-        anchored = ""
-        if context.mode == "line":  # a block is more than the one line an anchored copy gives
-            anchored = (
-                workspace.anchored(typed, rest, exclude=path)
-                if workspace is not None
-                else anchored_completion(typed, rest)
-            )
+        block = context.mode == "block"
+        anchored = (
+            workspace.anchored(typed, rest, exclude=path, block=block)
+            if workspace is not None
+            else anchored_completion(typed, rest, block=block)
+        )
         if anchored:  # between the same lines as elsewhere, the copy wins (docs/benchmarks.md)
             rivals, copies_win = (anchored,), True
         else:

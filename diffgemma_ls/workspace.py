@@ -254,12 +254,12 @@ class Workspace:
         self._chosen[key] = (above, budget_chars, found)
         return found
 
-    def anchored(self, prefix: str, suffix: str, exclude: str = "") -> str:
+    def anchored(self, prefix: str, suffix: str, exclude: str = "", block: bool = False) -> str:
         """``anchored_completion`` from the document (``exclude``, between ``prefix`` and ``suffix``)
         and the workspace's other files; ``""`` when no neighbour of the cursor matches."""
         skip = str(Path(exclude).resolve()) if exclude else ""
         others = (file.anchors for path, file in self._files.items() if path != skip)
-        return anchored_completion(prefix, suffix, others)
+        return anchored_completion(prefix, suffix, others, block=block)
 
     def nearest_line(self, prefix: str, suffix: str, exclude: str = "") -> str:
         """The completion another file's line offers at the cursor; ``""`` when none matches.

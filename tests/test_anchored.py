@@ -67,3 +67,25 @@ def test_another_file_offers_a_copy_and_wins_only_with_more_matching() -> None:
 def test_indentation_and_blank_lines_do_not_break_a_match() -> None:
     document = "if x:\n\n        go()\n\n    stop()\n\nif x:\n    <|>\n    stop()\n"
     assert anchored_completion(*at(document)) == "go()"
+
+
+def test_a_block_is_copied_to_its_end_and_indented_as_the_cursor() -> None:
+    document = (
+        "def area(shape):\n"
+        '    if shape.kind == "square":\n'
+        "        side = shape.size\n"
+        "\n"
+        "        return side * side\n"
+        "    return 0\n"
+        "\n\n"
+        "class Shapes:\n"
+        "    def perimeter(self, shape):\n"
+        '        if shape.kind == "square":\n'
+        "            <|>\n"
+        "        return 0\n"
+    )
+    prefix, suffix = at(document)
+    block = anchored_completion(prefix, suffix, block=True)
+    assert block == "side = shape.size\n\n            return side * side"
+    # a line request gets one line: the first (anchored above) and the last (below) tie, the nearer wins
+    assert anchored_completion(prefix, suffix) == "return side * side"

@@ -247,3 +247,23 @@ def test_the_repository_bench_prints_every_row(
     tasks = {r["task"] for r in result["rows"]["file only"]}
     assert len(tasks) == len(result["rows"]["empty"]) > 0
     assert (out / "cache").is_dir() and not (tmp_path / "user-cache").exists()  # not the user's cache
+
+
+def test_a_repository_run_is_compared_with_a_baseline_task_by_task() -> None:
+    from diffgemma_ls.bench.repos import versus_baseline
+
+    def run(exact: list[bool]) -> list[dict]:
+        rows = [
+            {"task": f"t{i}", "kind": "line", "exact": e, "similarity": float(e)} for i, e in enumerate(exact)
+        ]
+        empty = [{**r, "exact": False, "similarity": 0.0} for r in rows]
+        return [{"rows": {"file only": rows, "empty": empty}}]
+
+    then = run([False, False, True, False])
+    now = run([True, False, True, True])
+    now[0]["rows"]["file only"].append({"task": "new", "kind": "line", "exact": True, "similarity": 1.0})
+    report = versus_baseline(now, then)
+    # the task only the new run has does not count: 1 of 4 → 3 of 4
+    assert "| file only | 4 | 25.0 → 75.0%: +50.0 (" in report
+    assert "| empty | 4 | 0.0 → 0.0%: +0.0 (+0.0 to +0.0)" in report
+    assert "| + context |" not in report  # a row neither run has

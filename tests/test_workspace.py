@@ -166,4 +166,4 @@ def test_a_line_between_the_same_neighbours_elsewhere_wins_on_a_blank_line(
     asked = plan(text, at, "python", Settings(), engine, invoked=True, workspace=workspace, mode="line")
     assert asked is not None and asked.rivals == ('self.assertIn("<html>", page)',) and asked.copies_win
     block = plan(text, at, "python", Settings(), engine, invoked=True, workspace=workspace, mode="block")
-    assert block is not None and not block.copies_win  # a block is more than one copied line
+    assert block is not None and block.rivals == asked.rivals and block.copies_win  # a block of one line

@@ -13,12 +13,13 @@ Each task is completed as the server completes an explicit request, in the rows:
   rival from other files; their chunks in the prompt when the model reads them);
 - ``+ tuned``: the tuned weights, file alone; ``tuned + context``: both;
 - ``nearest line``: the floor, copying the nearest matching line of the file, else of the
-  workspace; ``anchored copy``: the anchored copy of the file or workspace (``anchored``), else the
-  nearest line, which is what the server's copy rules offer without the model; ``empty``: no
+  workspace; ``anchored copy``: the anchored copy (line or block) of the file or workspace (``anchored``),
+  else the nearest line, which is what the server's copy rules offer without the model; ``empty``: no
   completion.
 
 Rows are compared per task against ``file only`` and against ``nearest line`` with 95% paired
-bootstrap intervals. The tune's weights go to ``--out``'s cache, not the user's;
+bootstrap intervals, and with ``--baseline`` (an earlier run's ``results.json``) each row against
+the same row there. The tune's weights go to ``--out``'s cache, not the user's;
 ``--tune-minutes 0`` leaves the tuned rows out.
 
     python -m diffgemma_ls.bench.repos --tune-minutes 10 --threads 1 --out bench-repos
@@ -148,8 +149,8 @@ def bench_repo(root: Path, args: argparse.Namespace, settings: Settings) -> dict
         floor = nearest_line_completion(task.prefix, task.suffix) or workspace.nearest_line(
             task.prefix, task.suffix, exclude=task.path
         )
-        anchored = task.mode == "line" and workspace.anchored(task.prefix, task.suffix, exclude=task.path)
-        anchored = anchored or floor  # as the server: an anchored copy for a line, not a block
+        block = task.mode == "block"
+        anchored = workspace.anchored(task.prefix, task.suffix, exclude=task.path, block=block) or floor
         answers |= {"nearest line": (floor, 0.0), "anchored copy": (anchored, 0.0), "empty": ("", 0.0)}
         for name, (text, ms) in answers.items():
             score = scorer.score(task, text)
@@ -210,6 +211,33 @@ def summarize(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def versus_baseline(results: list[dict], baseline: list[dict]) -> str:
+    """Per row in both runs, line exact and edit similarity against ``baseline`` (an earlier
+    ``results.json``) on the tasks both have, with 95% paired intervals: what a change did."""
+    lines = ["| row | tasks | line exact (95%) | line edit sim (95%) | block edit sim (95%) |",
+             "|---|--:|--:|--:|--:|"]  # fmt: skip
+    for name in ROWS:
+        if name not in results[0]["rows"] or name not in baseline[0]["rows"]:
+            continue
+        ours = {r["task"]: r for result in results for r in result["rows"][name]}
+        theirs = {r["task"]: r for result in baseline for r in result["rows"][name]}
+        shared = sorted(ours.keys() & theirs.keys())
+        cells = []
+        for kind, metric in (("line", "exact"), ("line", "similarity"), ("block", "similarity")):
+            tasks = [t for t in shared if ours[t]["kind"] == kind]
+            if not tasks:
+                cells.append("-")
+                continue
+            now, then = [float(ours[t][metric]) for t in tasks], [float(theirs[t][metric]) for t in tasks]
+            mean, low, high = paired_difference(now, then)
+            cells.append(
+                f"{100 * fmean(then):.1f} → {100 * fmean(now):.1f}%: "
+                f"{100 * mean:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})"
+            )
+        lines.append(f"| {name} | {len(shared)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -221,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-kind", type=int, default=3, help="tasks of each kind per bench file")
     ap.add_argument("--model", help="the weights to start from (default: the shipped model)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--baseline", type=Path, help="an earlier results.json to compare every row with")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     results = [bench_repo(root.resolve(), args, settings) for root in roots]
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = summarize(results)
+    if args.baseline:
+        report += "\n\nAgainst " + str(args.baseline) + ":\n\n"
+        report += versus_baseline(results, json.loads(args.baseline.read_text()))
     (args.out / "results.md").write_text(report + "\n")
     print(report)
     return 0
