@@ -28,6 +28,7 @@ from diffgemma_ls.nearest_line import cursor_line_start
 
 ANCHOR_LINES = 8
 BLOCK_LINES = 12
+ANCHOR_WINDOW = 64_000  # characters of the document searched each way: ~2 ms, so a keystroke can afford it
 
 
 class Lines:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import torch
 
-from diffgemma_ls.anchored import anchored_completion
+from diffgemma_ls.anchored import ANCHOR_WINDOW, anchored_completion
 from diffgemma_ls.config import Settings, default_threads
 from diffgemma_ls.context import InfillContext, extract_context
 from diffgemma_ls.engine.infill import DecodeOptions, Engine, InfillResult, ServingDefaults
@@ -47,6 +47,7 @@ class CompletionRequest:
     language: str = ""  # the client's language id and the file's path: a chat prompt names them
     path: str = ""
     snippets: tuple[Snippet, ...] = ()  # other files' chunks for the prompt
+    copy: str = ""  # as you type, the anchored copy: the answer, without the model
 
 
 @dataclass
@@ -195,19 +196,26 @@ def plan(
     else:
         steps = steps or settings.typing_max_steps or defaults.typing_max_steps
     options = decode_options(context.mode, settings, defaults, decode, steps, entropy_bound, candidates)
-    # the whole document, not only the model's window: a copy needs no context budget
     rivals: tuple[str, ...] = ()
     copies_win = False
-    if copy_rival and invoked:
-        typed, rest = text[:offset] + context.lead, text[offset:]
-        path = _path_of(uri)
+    anchored = ""
+    path = _path_of(uri)
+    if copy_rival and (invoked or settings.typing_copies):
+        # between the same lines as elsewhere, the copy wins (docs/benchmarks.md, "Anchored copies")
+        near = (
+            text[max(0, offset - ANCHOR_WINDOW) : offset] + context.lead,
+            text[offset : offset + ANCHOR_WINDOW],
+        )
         block = context.mode == "block"
         anchored = (
-            workspace.anchored(typed, rest, exclude=path, block=block)
+            workspace.anchored(*near, exclude=path, block=block)
             if workspace is not None
-            else anchored_completion(typed, rest, block=block)
+            else anchored_completion(*near, block=block)
         )
-        if anchored:  # between the same lines as elsewhere, the copy wins (docs/benchmarks.md)
+    if copy_rival and invoked:
+        # the whole document, not only the model's window: a copy needs no context budget
+        typed, rest = text[:offset] + context.lead, text[offset:]
+        if anchored:
             rivals, copies_win = (anchored,), True
         else:
             # the nearest line, of the file and of the workspace (three nearest distinct lines of
@@ -220,11 +228,12 @@ def plan(
             copies_win = bool(cursor_line_start(typed).strip())
     snippets: tuple[Snippet, ...] = ()
     if workspace is not None and engine.reads_snippets and settings.cross_file_chars > 0:
-        found = workspace.snippets(context.prefix, context.suffix, _path_of(uri), settings.cross_file_chars)
+        found = workspace.snippets(context.prefix, context.suffix, path, settings.cross_file_chars)
         snippets = tuple(found)
     elapsed_ms = (time.perf_counter() - started) * 1000
+    copy = "" if invoked else anchored  # an explicit request still gets the model's alternatives
     return CompletionRequest(
-        context, options, elapsed_ms, rivals, copies_win, language_id, _path_of(uri), snippets
+        context, options, elapsed_ms, rivals, copies_win, language_id, path, snippets, copy
     )
 
 
@@ -329,6 +338,11 @@ def run(
     ``cache_key`` (a document URI) lets the engine reuse the previous request's encoder cache.
     """
     ctx = request.context
+    chat = engine.layout.format == "chat"
+    if request.copy:
+        started = time.perf_counter()
+        completion = postprocess(request.copy, ctx, chat=chat)
+        return Outcome(completion, None, request.context_ms, (time.perf_counter() - started) * 1000)
     result = engine.infill(
         ctx.prefix,
         ctx.suffix,
@@ -343,7 +357,6 @@ def run(
         snippets=request.snippets,
     )
     started = time.perf_counter()
-    chat = engine.layout.format == "chat"
     completion = postprocess(result.text, ctx, chat=chat)
     alternatives: list[Completion] = []
     for text in result.alternatives:

@@ -52,6 +52,7 @@ class Settings:
     typeahead: bool = True
     prefetch: bool = True
     warm_start: bool = True
+    typing_copies: bool = True
     trust_remote_code: bool = False
     backend: str | None = None
     backend_model: str | None = None
@@ -234,6 +235,13 @@ SCHEMA: tuple[Option, ...] = (
     Option(
         "warm_start", "bool", "start a canvas from what is still valid of the last", flag="--no-warm-start"
     ),
+    Option(
+        "typing_copies",
+        "bool",
+        "as you type, a line (or block) that stands between the same lines elsewhere is the answer, "
+        "without the model",
+        flag="--no-typing-copies",
+    ),
 )
 OPTIONS = {option.field: option for option in SCHEMA}
 CLIENT_KEYS = {option.client_key: option.field for option in SCHEMA if option.client_key}
@@ -251,7 +259,15 @@ MODEL_FLAGS = (
     "backend_model",
     "backend_api_key_env",
 )
-SERVER_FLAGS = ("prompt_caches", "typeahead", "prefetch", "warm_start", "debounce_ms", "typing_max_steps")
+SERVER_FLAGS = (
+    "prompt_caches",
+    "typeahead",
+    "prefetch",
+    "warm_start",
+    "typing_copies",
+    "debounce_ms",
+    "typing_max_steps",
+)
 
 
 def validate_setting(name: str, value: Any) -> Any:

@@ -152,6 +152,8 @@ class CompletionService:
             return []
         self.last_latency_ms = round((time.monotonic() - started) * 1000, 1)
         self.model_answers += 1
+        if request.copy:
+            self.stats["copies"] += 1
         if outcome.completion is None:
             return []
         self.typeahead.remember(uri, text, offset, outcome.completion)

@@ -502,3 +502,30 @@ async def test_auto_debounce_waits_for_a_pause_in_the_typists_rhythm(constant_mo
         state = state if isinstance(state, dict) else state._asdict()
         assert state["debounced"] == 1 and state["modelCalls"] == 1, state
         assert 200 <= state["autoDebounceMs"] <= 250, state
+
+
+async def test_as_you_type_a_line_between_the_same_lines_elsewhere_is_copied(
+    constant_model_dir: Path,
+) -> None:
+    text = (
+        "def a(client):\n    client.open()\n    client.send(1)\n    client.close()\n\n\n"
+        "def b(client):\n    client.open()\n    \n    client.close()\n"
+    )
+    automatic = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)
+    answers = {}
+    for args in ((), ("--no-typing-copies",)):
+        async with start(constant_model_dir, capabilities("neovim"), args=args) as session:
+            await session.wait_for_state("ready")
+            session.open(text)
+            params = types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(URI),
+                position=types.Position(8, 4),
+                context=automatic,
+            )
+            answer = await session.client.text_document_inline_completion_async(params)
+            state = await session.client.protocol.send_request_async("diffgemma/debugState", {})
+            state = state if isinstance(state, dict) else state._asdict()
+            answers[args] = (answer.items[0].insert_text, state.get("copies", 0))
+    assert answers[()] == ("client.send(1)", 1)  # no model call: the constant model writes x's
+    copied_off = answers[("--no-typing-copies",)]
+    assert set(copied_off[0]) == {"x"} and copied_off[1] == 0

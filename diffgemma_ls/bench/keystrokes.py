@@ -8,14 +8,16 @@ each line break too. A request still pending when the next key arrives is cancel
 (``$/cancelRequest``), as editors do. When the answer shown
 for the current state is exactly what comes next in the span, the typist accepts it (one keystroke,
 Tab, inserts all of it), as a person would. Reported per configuration (all caches on, each one
-off, none, as-you-type requests with the former default of 4 steps and with as many as explicit
-ones, and with fixed or adaptive debounces; ``--configs`` picks some):
+off, none, anchored copies as you type off, as-you-type requests with the former default of 4
+steps and with as many as explicit ones, and with fixed or adaptive debounces; ``--configs`` picks
+some):
 
 - time to completion per answered keystroke (p50, p95), the fraction answered, and the fraction
   answered with a completion (an answer may be empty: nothing belongs there, or the model ended);
 - forward passes per keystroke (cancelled requests' passes included), typing-ahead and prefetch hit
-  rates, warm-started model calls, share of prompt tokens whose encoder KV was reused (from the
-  server's ``diffgemma/debugState`` counters), share of the span typed by accepting completions;
+  rates, keys answered by an anchored copy (no model), warm-started model calls, share of prompt
+  tokens whose encoder KV was reused (from the server's ``diffgemma/debugState`` counters), share
+  of the span typed by accepting completions;
 - quality: edit similarity of each answer's first line with the rest of the line actually typed
   next, so a cache that answers fast but wrong shows up;
 - how often an answer differs from a cold answer on the same document state (no caches, computed
@@ -50,6 +52,7 @@ CONFIGS: dict[str, list[str]] = {
     "no typing-ahead": ["--no-typeahead"],  # the prefetch keeps its answers there: off too
     "no prompt cache": ["--prompt-caches", "0"],  # the warm start is kept with it: off too
     "no warm start": ["--no-warm-start"],
+    "no typing copies": ["--no-typing-copies"],
     "no caches": ["--no-typeahead", "--no-prefetch", "--prompt-caches", "0", "--no-warm-start"],
     "4 steps as you type": ["--typing-max-steps", "4"],  # the default until 2026-12-06
     "16 steps as you type": ["--typing-max-steps", "16"],  # as explicit requests
@@ -261,6 +264,7 @@ def summarize(name: str, replay_: Replay, agreement: tuple[int, int]) -> dict[st
         "passes_per_key": s.get("forwardPasses", 0) / keys,
         "typeahead_hit_rate": s.get("typeaheadHits", 0) / keys,
         "prefetch_hit_rate": s.get("prefetchHits", 0) / keys,
+        "copy_rate": s.get("copies", 0) / keys,
         "warm_start_rate": s.get("warmStarts", 0) / max(1, s.get("modelCalls", 0)),
         "accepted": replay_.accepted_chars / max(1, replay_.span_chars),
         "next_line_similarity": _mean([a.similarity for a in replay_.answers]),
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     every = f"one key every {args.interval_ms:.0f} ms{spread}{pause}"
     print(f"{len(work)} files, {args.chars} characters each, {every}\n")
     header = ["config", "keys", "answered", "shown", "p50 ms", "p95 ms", "passes/key", "typing-ahead hits"]
-    header += ["prefetch hits", "warm-started calls", "typed by accepting"]
+    header += ["prefetch hits", "anchored copies", "warm-started calls", "typed by accepting"]
     header += ["prompt KV reused", "next-line similarity", "same as cold"]
     print("| " + " | ".join(header) + " |")
     print("| :-- |" + " --: |" * (len(header) - 1))
@@ -323,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['passes_per_key']:.2f}",
             f"{r['typeahead_hit_rate']:.0%}",
             f"{r['prefetch_hit_rate']:.0%}",
+            f"{r['copy_rate']:.0%}",
             f"{r['warm_start_rate']:.0%}",
             f"{r['accepted']:.0%}",
             f"{r['prompt_reuse']:.0%}",
