@@ -143,6 +143,7 @@ class HttpBackend:
     # -- the Engine interface the server and the CLI use --------------------------------------
 
     reads_snippets = False  # the HTTP prompt is the file's only (no model here trained for chunks)
+    copies = False  # no likelihood to judge a copy with, and not the model the copy rules were measured on
     tuned_for = None
     cached_documents = 0
     code_languages: list[str] | None = None  # a served model is general: every installed grammar

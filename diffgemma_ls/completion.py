@@ -200,7 +200,7 @@ def plan(
     copies_win = False
     anchored = ""
     path = _path_of(uri)
-    if copy_rival and (invoked or settings.typing_copies):
+    if copy_rival and engine.copies and (invoked or settings.typing_copies):
         # between the same lines as elsewhere, the copy wins (docs/benchmarks.md, "Anchored copies")
         near = (
             text[max(0, offset - ANCHOR_WINDOW) : offset] + context.lead,

@@ -223,6 +223,19 @@ def test_a_line_request_on_the_stock_shape_uses_the_line_stop(stock_dir: Path) -
     assert isinstance(view._prepare_diffusion_stopping_criteria(generation), FirstLineStable)
 
 
+def test_the_real_checkpoint_answers_with_its_own_text_where_a_copy_stands(stock_dir: Path) -> None:
+    """The copy rules were measured on the shipped mask-noise model, not on a uniform-noise one."""
+    from diffgemma_ls.completion import plan
+
+    text = "def a(c):\n    c.open()\n    c.send()\n\ndef b(c):\n    c.open()\n    \n"
+    at = text.rindex("    \n") + 4
+    engine = Engine(load_model(str(stock_dir), device="cpu"))
+    assert not engine.copies
+    for invoked in (False, True):
+        request = plan(text, at, "python", Settings(), engine, invoked=invoked, mode="line")
+        assert request is not None and request.copy == "" and not request.copies_win
+
+
 def test_prompt_format_setting_reaches_the_engine(stock_fim_dir: Path, stock_dir: Path) -> None:
     assert load_engine(Settings(model=str(stock_fim_dir), prompt_format="chat")).layout.format == "chat"
     with pytest.raises(ModelLoadError, match="has no FIM tokens"):

@@ -1,8 +1,8 @@
 """The repository-level bench: completions in packages the model never saw, with and without the
 workspace as context and with and without ``diffgemma-ls tune``.
 
-For each repository (by default the pinned sdists in ``REPOS``, none of them installed on the
-machine that built the training corpus, fetched with ``pip download`` into ``--cache``; or
+For each repository (by default the pinned sdists of ``REPOS[--set]``, none of them installed on
+the machine that built the training corpus, fetched with ``pip download`` into ``--cache``; or
 ``--repo DIR``), a fifth of its Python files (by a hash of the path) are the **bench files**: line,
 line-tail and block tasks are cut from them (``tasks.cut_file``). ``tune`` runs for
 ``--tune-minutes`` on a copy of the repository without them, so no task's file was trained on.
@@ -45,8 +45,20 @@ from diffgemma_ls.config import Settings
 from diffgemma_ls.nearest_line import nearest_line_completion
 from diffgemma_ls.workspace import Workspace, source_files
 
-# Pure-Python packages with their tests, not in the training corpus (not installed where it was built).
-REPOS = (("boltons", "25.0.0"), ("toolz", "1.0.0"), ("marshmallow", "3.26.1"))
+# Pure-Python packages with their tests, not in the training corpus (not installed where it was built):
+# ``design``, the three the copy rules were chosen on, and ``check``, seven more to check them on.
+REPOS = {
+    "design": (("boltons", "25.0.0"), ("toolz", "1.0.0"), ("marshmallow", "3.26.1")),
+    "check": (
+        ("funcy", "2.0"),
+        ("glom", "25.12.0"),
+        ("cachetools", "8.0.3"),
+        ("humanize", "4.17.0"),
+        ("inflect", "7.6.0"),
+        ("arrow", "1.4.0"),
+        ("voluptuous", "0.15.2"),
+    ),
+}
 BENCH_FRACTION = 0.2
 SUITES = {"ho-line": "line", "ho-tail": "line", "ho-block": "block"}  # reported as line / block
 ROWS = ("file only", "+ context", "+ tuned", "tuned + context", "nearest line", "anchored copy", "empty")
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--repo", type=Path, action="append", help="a repository folder (default: the pinned ones)"
     )
+    ap.add_argument("--set", choices=REPOS, default="design", help="which pinned repositories")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "diffgemma-ls" / "bench-repos")
     ap.add_argument("--out", type=Path, default=Path("bench-repos"))
     ap.add_argument("--tune-minutes", type=float, default=10.0)
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HOME", str(user_cache / "huggingface"))
     os.environ["XDG_CACHE_HOME"] = str(args.out / "cache")
     settings = Settings(model=args.model, threads=args.threads)
-    roots = args.repo or [fetch(name, version, args.cache) for name, version in REPOS]
+    roots = args.repo or [fetch(name, version, args.cache) for name, version in REPOS[args.set]]
     results = [bench_repo(root.resolve(), args, settings) for root in roots]
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = summarize(results)

@@ -282,6 +282,14 @@ class Engine:
         return bool(getattr(self.model.config, "cross_file_context", False)) and self.layout.format == "fim"
 
     @property
+    def copies(self) -> bool:
+        """Whether copies answer where they stand between the same lines as elsewhere (``anchored``)
+        and can win over the model's text: measured on the shipped mask-noise model; a
+        uniform-noise checkpoint (the real DiffusionGemma, no mask to score a rival with) answers
+        with its own text."""
+        return self.model.mask_token_id is not None
+
+    @property
     def defaults(self) -> ServingDefaults:
         """Canvas and step caps from the checkpoint (see ``MASK_NOISE_STEPS``)."""
         return serving_defaults(
