@@ -158,6 +158,14 @@ SCHEMA: tuple[Option, ...] = (
         words=("auto",),
     ),
     Option(
+        "typing_copies",
+        "bool",
+        "as you type, a line (or block) that stands between the same lines as elsewhere in the file or "
+        "workspace is the answer, without the model",
+        "typingCopies",
+        "--no-typing-copies",
+    ),
+    Option(
         "candidates",
         "int",
         "alternatives on an explicit request and per fill, decoded as one batch",
@@ -168,8 +176,9 @@ SCHEMA: tuple[Option, ...] = (
     Option(
         "workspace_context",
         "bool",
-        "the workspace's other files as context: their best matching line is offered on an explicit "
-        "request, and, for a model trained for it, their best matching chunks go in the prompt",
+        "the workspace's other files as context: their lines are copied where they stand between the "
+        "same lines, else their best matching line is offered on an explicit request, and, for a model "
+        "trained for it, their best matching chunks go in the prompt",
         "workspaceContext",
     ),
     Option(
@@ -234,13 +243,6 @@ SCHEMA: tuple[Option, ...] = (
     Option("prefetch", "bool", "compute the next completion once one is accepted", flag="--no-prefetch"),
     Option(
         "warm_start", "bool", "start a canvas from what is still valid of the last", flag="--no-warm-start"
-    ),
-    Option(
-        "typing_copies",
-        "bool",
-        "as you type, a line (or block) that stands between the same lines elsewhere is the answer, "
-        "without the model",
-        flag="--no-typing-copies",
     ),
 )
 OPTIONS = {option.field: option for option in SCHEMA}

@@ -14,6 +14,7 @@ const SERVER_KEYS = [
   "typingMaxSteps",
   "latencyBudgetMs",
   "debounceMs",
+  "typingCopies",
   "candidates",
   "languages",
   "workspaceContext",
