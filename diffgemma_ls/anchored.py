@@ -9,9 +9,11 @@ guess than the model's or the nearest line's (docs/benchmarks.md, "Anchored copi
 The cursor's neighbours are its nearest non-blank lines above and below, compared without their
 indentation. A candidate is a non-blank line of the document (not the cursor's own) or of another
 file whose content starts with what is typed on the cursor line and goes on; its score is how many
-neighbours match in a row next to it, above plus below, at most ``ANCHOR_LINES`` each way. The
-highest score wins (at least 1), then the document's own line, then the one nearest the cursor
-(in another file, the first file's first). What follows the typed part is the completion.
+neighbours match in a row next to it, above plus below, at most ``ANCHOR_LINES`` each way, and
+at least one of the matching ones must have a letter or a digit (the quotes alone on the line
+above a docstring's first line are also the ones below its last). The highest score wins, then the
+document's own line, then the one nearest the cursor (in another file, the first file's first).
+What follows the typed part is the completion.
 
 For a block request the candidate is its line and the lines after it indented at least as deeply
 (at most ``BLOCK_LINES``), the neighbours below are matched after the last of them, and the copy is
@@ -93,11 +95,19 @@ class Lines:
             if not content.startswith(stem) or len(content.rstrip()) <= len(stem.rstrip()):
                 continue
             last = self.end(j) if block else j
-            score = self.run(j - 1, -1, above) + self.run(last + 1, 1, below)
+            up, down = self.run(j - 1, -1, above), self.run(last + 1, 1, below)
+            if not any(map(_telling, above[:up] + below[:down])):
+                continue  # only brackets or quotes match: a docstring's closing quotes are its opening ones
+            score = up + down
             distance = -abs(j - near) if near >= 0 else 0
             if (score, distance) > found[:2]:
                 found = (score, distance, self.lines[self.kept[j] : self.kept[last] + 1])
         return found
+
+
+def _telling(content: str) -> bool:
+    """Whether a neighbour says where it is: it has a letter or a digit (a bracket or quotes do not)."""
+    return any(ch.isalnum() for ch in content)
 
 
 def _indentation(line: str) -> int:

@@ -89,3 +89,11 @@ def test_a_block_is_copied_to_its_end_and_indented_as_the_cursor() -> None:
     assert block == "side = shape.size\n\n            return side * side"
     # a line request gets one line: the first (anchored above) and the last (below) tie, the nearer wins
     assert anchored_completion(prefix, suffix) == "return side * side"
+
+
+def test_brackets_and_quotes_alone_anchor_nothing() -> None:
+    function = 'def f(x):\n    """\n    Add one.\n    """\n    <|>\n'
+    assert anchored_completion(*at(function)) == ""  # not the docstring's first line
+    call = "run(\n    a,\n)\nstop()\n\nrun(\n    b,\n)\n<|>\n"
+    assert anchored_completion(*at(call)) == ""  # `)` alone
+    assert anchored_completion(*at(call.replace("    b,", "    a,"))) == "stop()"  # `)` and `a,`
