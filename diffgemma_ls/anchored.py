@@ -38,17 +38,20 @@ class Lines:
 
     ``None`` stands for the cursor's line in the document being completed: it is never a
     candidate and matches no neighbour, so the lines around it are not each other's neighbours.
-    Positions (``kept``, ``stripped``, ``at``) count non-blank lines only.
+    Positions (``kept``, ``at``) count non-blank lines only. ``lines`` is kept, not copied: a
+    workspace file's index shares its lines with ``Workspace``.
     """
 
     def __init__(self, lines: list[str | None]):
         self.lines = lines
-        self.kept = [i for i, line in enumerate(lines) if line is None or line.strip()]
-        self.stripped = [None if lines[i] is None else lines[i].strip() for i in self.kept]
-        self.at: dict[str, list[int]] = {}
-        for j, content in enumerate(self.stripped):
-            if content is not None:
-                self.at.setdefault(content, []).append(j)
+        self.kept: list[int] = []  # position -> line number
+        self.at: dict[str, list[int]] = {}  # stripped content -> positions
+        for i, line in enumerate(lines):
+            content = None if line is None else line.strip()
+            if content:
+                self.at.setdefault(content, []).append(len(self.kept))
+            if content or line is None:
+                self.kept.append(i)
 
     @classmethod
     def of(cls, text: str) -> Lines:
@@ -59,7 +62,8 @@ class Lines:
         count = 0
         for want in wanted:
             j = start + step * count
-            if not 0 <= j < len(self.kept) or self.stripped[j] != want:
+            line = self.lines[self.kept[j]] if 0 <= j < len(self.kept) else None
+            if line is None or line.strip() != want:
                 break
             count += 1
         return count
@@ -134,7 +138,8 @@ def anchored_completion(prefix: str, suffix: str, others: Iterable[Lines] = (), 
     if not above and not below:
         return ""
     here = Lines(document)
-    score, _, lines = here.best(stem, above, below, near=here.stripped.index(None), block=block)
+    cursor = here.kept.index(document.index(None))
+    score, _, lines = here.best(stem, above, below, near=cursor, block=block)
     for other in others:
         found = other.best(stem, above, below, block=block)
         if found[0] > score:

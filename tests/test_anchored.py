@@ -97,3 +97,9 @@ def test_brackets_and_quotes_alone_anchor_nothing() -> None:
     call = "run(\n    a,\n)\nstop()\n\nrun(\n    b,\n)\n<|>\n"
     assert anchored_completion(*at(call)) == ""  # `)` alone
     assert anchored_completion(*at(call.replace("    b,", "    a,"))) == "stop()"  # `)` and `a,`
+
+
+def test_on_a_tie_the_nearest_below_the_cursor_wins_over_one_far_above() -> None:
+    filler = "".join(f"v{i} = {i}\n" for i in range(12))
+    document = "b = 2\nfar = 4\n" + filler + "b = 2\n<|>\nz = 0\n\n\n\n\n\nb = 2\nnear = 5\n"
+    assert anchored_completion(*at(document)) == "near = 5"
