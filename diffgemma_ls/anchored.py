@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from diffgemma_ls.nearest_line import cursor_line_start
+from diffgemma_ls.nearest_line import cursor_line_start, lines_around
 
 ANCHOR_LINES = 8
 BLOCK_LINES = 12
@@ -121,9 +121,7 @@ def _indentation(line: str) -> int:
 def neighbours(prefix: str, suffix: str) -> tuple[list[str], list[str], list[str | None]]:
     """``(above, below, document)``: the cursor's non-blank neighbours, stripped, nearest first, and
     the document's lines with ``None`` for the cursor's."""
-    before = prefix.splitlines()
-    above = before[:-1] if before and not prefix.endswith(("\n", "\r")) else before
-    below = suffix.splitlines()[1:]
+    above, below = lines_around(prefix, suffix)
     nearest = lambda lines: [s for s in (line.strip() for line in lines) if s][:ANCHOR_LINES]  # noqa: E731
     return nearest(reversed(above)), nearest(below), [*above, None, *below]
 

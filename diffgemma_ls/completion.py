@@ -170,8 +170,9 @@ def plan(
     the document (or, with ``workspace``, its other files) gets that line (``anchored``); else the
     answer competes with the nearest matching line of the document (``nearest_line``), and with
     ``workspace`` also with the best matching line of the workspace's other files
-    (``Workspace.nearest_line``). The bench turns it off to measure the model alone. As you type it
-    is off: its scoring pass costs the keystroke budget (docs/benchmarks.md, keystroke replay).
+    (``Workspace.nearest_line``). The bench turns it off to measure the model alone. As you type
+    only the anchored copy applies, as the answer without the model (``settings.typing_copies``):
+    the rivals' scoring pass would cost the keystroke budget (docs/benchmarks.md, keystroke replay).
     A ``workspace`` also gives a model that reads them (``Engine.reads_snippets``) the other files'
     best matching chunks, up to ``settings.cross_file_chars``, on every request.
     """

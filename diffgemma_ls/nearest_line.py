@@ -20,11 +20,8 @@ from __future__ import annotations
 
 def nearest_line_completion(prefix: str, suffix: str) -> str:
     """The completion at the cursor between ``prefix`` and ``suffix``; ``""`` when nothing matches."""
-    before = prefix.splitlines()
-    above = before[:-1] if before and not prefix.endswith(("\n", "\r")) else before
+    above, below = lines_around(prefix, suffix)
     typed = cursor_line_start(prefix)
-    after = suffix.splitlines()
-    below = after[1:] if after else []
     stem = typed.lstrip(" \t")
     for distance in range(1, max(len(above), len(below)) + 1):  # above before below on a tie
         for lines, index in ((above, -distance), (below, distance - 1)):
@@ -42,3 +39,10 @@ def cursor_line_start(prefix: str) -> str:
     """What is on the cursor line before the cursor."""
     cut = max(prefix.rfind("\n"), prefix.rfind("\r"))
     return prefix[cut + 1 :]
+
+
+def lines_around(prefix: str, suffix: str) -> tuple[list[str], list[str]]:
+    """The whole lines above the cursor's line and below it, nearest last and first."""
+    before = prefix.splitlines()
+    above = before[:-1] if before and not prefix.endswith(("\n", "\r")) else before
+    return above, suffix.splitlines()[1:]
